@@ -1,0 +1,433 @@
+//! `x402d bench`: load tests against a local chain this command sets up itself, driven by `wrk`
+//! (a C load generator: a Python or Node client saturates long before the service does).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{facilitator_body, payload_v2, sign_for_v2};
+use crate::config::Config;
+use crate::devchain::{DevChain, DevChainError};
+use crate::facilitator::unix_now;
+use crate::protocol::AtomicAmount;
+use crate::protocol::wire::{ExactExtra, RequirementsV2};
+use crate::server::{RunningServer, ServeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Chain(#[from] DevChainError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("wrk: {0}")]
+    Wrk(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What a wrk run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WrkReport {
+    pub requests: u64,
+    pub duration_s: f64,
+    pub requests_per_s: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Answers that were not 200 with the expected body.
+    pub unexpected: u64,
+    pub socket_errors: u64,
+}
+
+/// Options of `x402d bench verify`.
+#[derive(Debug, Clone)]
+pub struct VerifyLoad {
+    pub payments: usize,
+    pub payers: usize,
+    pub connections: u32,
+    pub threads: u32,
+    pub duration_s: u64,
+}
+
+/// A chain, a facilitator on it, and funded payers.
+pub struct BenchEnv {
+    pub chain: DevChain,
+    pub server: RunningServer,
+    pub payers: Vec<PrivateKeySigner>,
+    pub pay_to: Address,
+}
+
+impl BenchEnv {
+    /// A chain (mining every `block_time` seconds, or on each transaction), a facilitator with a
+    /// funded gas wallet and a ledger in a temporary directory, and `payers` funded payers.
+    /// `settlement` adds `[settlement]` keys.
+    pub async fn start(
+        payers: usize,
+        block_time: Option<u64>,
+        settlement: &str,
+    ) -> Result<BenchEnv, BenchError> {
+        let chain = DevChain::start(84532, block_time).await?;
+        let gas = PrivateKeySigner::random();
+        chain
+            .fund_eth(gas.address(), U256::from(10u128.pow(21)))
+            .await?;
+        let dir = tempdir()?;
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[gas_wallets]\nprivate_keys = [\"$BENCH_GAS_KEY\"]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
+            chain.rpc_url(),
+            dir.display(),
+        );
+        let env = BTreeMap::from([(
+            "BENCH_GAS_KEY".to_owned(),
+            alloy::hex::encode(gas.to_bytes()),
+        )]);
+        let config =
+            Config::from_toml(&text, &env).map_err(|e| BenchError::Config(e.to_string()))?;
+        let server = RunningServer::start(&config).await?;
+        let mut funded = Vec::with_capacity(payers);
+        for _ in 0..payers {
+            let p = PrivateKeySigner::random();
+            chain
+                .mint(chain.usdc, p.address(), U256::from(1_000_000_000_000u64))
+                .await?;
+            funded.push(p);
+        }
+        let pay_to = Address::repeat_byte(0x77);
+        // An already-funded payee, as a merchant's address is: its balance slot is warm.
+        chain.mint(chain.usdc, pay_to, U256::from(1u64)).await?;
+        Ok(BenchEnv {
+            chain,
+            server,
+            payers: funded,
+            pay_to,
+        })
+    }
+
+    /// A requirement of one cent to the bench payee.
+    pub fn requirement(&self) -> RequirementsV2 {
+        RequirementsV2 {
+            scheme: "exact".into(),
+            network: "eip155:84532".into(),
+            amount: AtomicAmount::from_u64(10_000),
+            asset: self.chain.usdc,
+            pay_to: self.pay_to,
+            max_timeout_seconds: 3600,
+            extra: Some(ExactExtra {
+                name: Some(self.chain.usdc_name.clone()),
+                version: Some("2".into()),
+                asset_transfer_method: None,
+            }),
+        }
+    }
+
+    /// `n` distinct signed `/verify`-shaped bodies, one JSON per line.
+    pub fn signed_bodies(&self, n: usize) -> Result<String, BenchError> {
+        let req = self.requirement();
+        let requirements =
+            serde_json::to_value(&req).map_err(|e| BenchError::Config(e.to_string()))?;
+        let mut out = String::new();
+        for i in 0..n {
+            let payer = &self.payers[i % self.payers.len()];
+            let payload = sign_for_v2(payer, &req, unix_now())
+                .map_err(|e| BenchError::Config(e.to_string()))?;
+            out.push_str(
+                &facilitator_body(2, payload_v2(&req, &payload), requirements.clone()).to_string(),
+            );
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
+const WRK_SCRIPT: &str = r#"
+local bodies = {}
+for line in io.lines(os.getenv("X402D_BENCH_BODIES")) do bodies[#bodies + 1] = line end
+local path = os.getenv("X402D_BENCH_PATH")
+local expect = os.getenv("X402D_BENCH_EXPECT")
+local threads = {}
+local counter = 1
+function setup(thread)
+  thread:set("tid", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+function init(args)
+  -- setup() ran in the main Lua state; each thread learns the count from the environment.
+  nthreads = tonumber(os.getenv("X402D_BENCH_THREADS"))
+  i = tid - nthreads
+  unexpected = 0
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+function request()
+  i = i + nthreads
+  if i > #bodies then i = tid end
+  requests_sent = (requests_sent or 0) + 1
+  return wrk.format(nil, path, nil, bodies[i])
+end
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, expect, 1, true) then unexpected = unexpected + 1 end
+end
+function done(summary, latency, requests)
+  local bad = 0
+  for _, t in ipairs(threads) do bad = bad + t:get("unexpected") end
+  local e = summary.errors
+  io.write(string.format('X402D_BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"unexpected":%d,"socket_errors":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, bad,
+    e.connect + e.read + e.write + e.timeout))
+end
+"#;
+
+/// Runs wrk against `url` + `path`, cycling through the bodies in `bodies_file`; an answer counts as
+/// expected when it is 200 and contains `expect`.
+pub fn run_wrk(
+    url: &str,
+    path: &str,
+    bodies_file: &Path,
+    expect: &str,
+    threads: u32,
+    connections: u32,
+    duration_s: u64,
+) -> Result<WrkReport, BenchError> {
+    let dir = bodies_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    let script = dir.join("x402d-bench.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+    let output = Command::new("wrk")
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{duration_s}s"))
+        .arg("--timeout")
+        .arg("30s")
+        .arg("-s")
+        .arg(&script)
+        .arg(url)
+        .env("X402D_BENCH_BODIES", bodies_file)
+        .env("X402D_BENCH_PATH", path)
+        .env("X402D_BENCH_EXPECT", expect)
+        .env("X402D_BENCH_THREADS", threads.to_string())
+        .output()
+        .map_err(|e| BenchError::Wrk(format!("cannot run wrk (apt-get install wrk): {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("X402D_BENCH "))
+        .ok_or_else(|| {
+            BenchError::Wrk(format!(
+                "no report in output: {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        })?;
+    #[derive(Deserialize)]
+    struct Raw {
+        requests: u64,
+        duration_us: u64,
+        p50_us: u64,
+        p90_us: u64,
+        p99_us: u64,
+        max_us: u64,
+        unexpected: u64,
+        socket_errors: u64,
+    }
+    let raw: Raw =
+        serde_json::from_str(line).map_err(|e| BenchError::Wrk(format!("{e}: {line}")))?;
+    let duration_s = raw.duration_us as f64 / 1e6;
+    Ok(WrkReport {
+        requests: raw.requests,
+        duration_s,
+        requests_per_s: raw.requests as f64 / duration_s.max(1e-9),
+        p50_ms: raw.p50_us as f64 / 1e3,
+        p90_ms: raw.p90_us as f64 / 1e3,
+        p99_ms: raw.p99_us as f64 / 1e3,
+        max_ms: raw.max_us as f64 / 1e3,
+        unexpected: raw.unexpected,
+        socket_errors: raw.socket_errors,
+    })
+}
+
+/// `x402d bench verify`: verify throughput and latency at a fixed concurrency.
+pub async fn verify_load(opts: &VerifyLoad) -> Result<WrkReport, BenchError> {
+    let env = BenchEnv::start(opts.payers, None, "").await?;
+    let bodies = env.signed_bodies(opts.payments)?;
+    let dir = tempdir()?;
+    let file = dir.join("bodies.jsonl");
+    std::fs::write(&file, bodies)?;
+    let url = env.server.url();
+    let (threads, connections, duration) = (opts.threads, opts.connections, opts.duration_s);
+    let report = tokio::task::spawn_blocking(move || {
+        run_wrk(
+            &url,
+            "/verify",
+            &file,
+            "\"isValid\":true",
+            threads,
+            connections,
+            duration,
+        )
+    })
+    .await
+    .map_err(|e| BenchError::Wrk(e.to_string()))??;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.server.stop().await;
+    Ok(report)
+}
+
+/// Options of `x402d bench settle`.
+#[derive(Debug, Clone)]
+pub struct SettleLoad {
+    pub payments: usize,
+    pub payers: usize,
+    pub connections: u32,
+    pub threads: u32,
+    pub duration_s: u64,
+    /// `None`: automine; `Some(s)`: a block every `s` seconds.
+    pub block_time: Option<u64>,
+}
+
+/// What `x402d bench settle` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettleReport {
+    pub wrk: WrkReport,
+    pub block_time_s: Option<u64>,
+    pub payments_confirmed: i64,
+    pub transactions: usize,
+    pub mean_batch_size: f64,
+    pub gas_per_payment: f64,
+}
+
+/// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments.
+pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> {
+    let env = BenchEnv::start(opts.payers, opts.block_time, "settle_timeout_seconds = 25").await?;
+    let bodies = env.signed_bodies(opts.payments)?;
+    let dir = tempdir()?;
+    let file = dir.join("settle-bodies.jsonl");
+    std::fs::write(&file, bodies)?;
+    let url = env.server.url();
+    let (threads, connections, duration) = (opts.threads, opts.connections, opts.duration_s);
+    let wrk = tokio::task::spawn_blocking(move || {
+        run_wrk(
+            &url,
+            "/settle",
+            &file,
+            "\"success\":true",
+            threads,
+            connections,
+            duration,
+        )
+    })
+    .await
+    .map_err(|e| BenchError::Wrk(e.to_string()))??;
+    if wrk.requests as usize > opts.payments {
+        tracing::warn!(
+            requests = wrk.requests,
+            payments = opts.payments,
+            "wrk wrapped around the payments: raise --payments or lower --duration"
+        );
+    }
+    let ledger = env.server.facilitator.ledger();
+    let confirmed = ledger
+        .count_by_state()
+        .await
+        .map_err(|e| BenchError::Config(e.to_string()))?
+        .into_iter()
+        .find(|(s, _)| s == "confirmed")
+        .map(|(_, n)| n)
+        .unwrap_or(0);
+    let txs = ledger
+        .transactions(84532)
+        .await
+        .map_err(|e| BenchError::Config(e.to_string()))?;
+    let gas: u64 = txs.iter().filter_map(|t| t.gas_used).sum();
+    env.server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(SettleReport {
+        wrk,
+        block_time_s: opts.block_time,
+        payments_confirmed: confirmed,
+        transactions: txs.len(),
+        mean_batch_size: confirmed as f64 / txs.len().max(1) as f64,
+        gas_per_payment: gas as f64 / confirmed.max(1) as f64,
+    })
+}
+
+/// Gas of one batch of a given size.
+#[derive(Debug, Clone, Serialize)]
+pub struct GasPoint {
+    pub batch_size: usize,
+    pub transactions: usize,
+    pub gas_used: u64,
+    pub gas_per_payment: f64,
+    /// Relative to a direct `transferWithAuthorization` (a batch of one).
+    pub ratio_to_direct: f64,
+}
+
+/// `x402d bench gas`: gas per payment against batch size, shared already-funded payee.
+pub async fn gas_per_batch(sizes: &[usize]) -> Result<Vec<GasPoint>, BenchError> {
+    let mut points: Vec<GasPoint> = Vec::new();
+    let mut direct = None;
+    for &n in sizes {
+        let settlement =
+            format!("batch_max_items = {n}\nbatch_window_ms = 3000\nsettle_timeout_seconds = 25");
+        let env = BenchEnv::start(n, None, &settlement).await?;
+        let req = env.requirement();
+        let requirements =
+            serde_json::to_value(&req).map_err(|e| BenchError::Config(e.to_string()))?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/settle", env.server.url());
+        let mut calls = Vec::new();
+        for payer in &env.payers {
+            let payload = sign_for_v2(payer, &req, unix_now())
+                .map_err(|e| BenchError::Config(e.to_string()))?;
+            let body = facilitator_body(2, payload_v2(&req, &payload), requirements.clone());
+            calls.push(http.post(&url).json(&body).send());
+        }
+        for r in futures::future::join_all(calls).await {
+            let answer: serde_json::Value = r
+                .map_err(|e| BenchError::Wrk(e.to_string()))?
+                .json()
+                .await
+                .map_err(|e| BenchError::Wrk(e.to_string()))?;
+            if answer["success"] != true {
+                return Err(BenchError::Wrk(format!("settlement failed: {answer}")));
+            }
+        }
+        let txs = env
+            .server
+            .facilitator
+            .ledger()
+            .transactions(84532)
+            .await
+            .map_err(|e| BenchError::Config(e.to_string()))?;
+        let gas: u64 = txs.iter().filter_map(|t| t.gas_used).sum();
+        let per = gas as f64 / n as f64;
+        let base = *direct.get_or_insert(if n == 1 { per } else { 0.0 });
+        points.push(GasPoint {
+            batch_size: n,
+            transactions: txs.len(),
+            gas_used: gas,
+            gas_per_payment: per,
+            ratio_to_direct: if base > 0.0 { per / base } else { f64::NAN },
+        });
+        env.server.stop().await;
+    }
+    Ok(points)
+}
+
+fn tempdir() -> Result<PathBuf, std::io::Error> {
+    let dir = std::env::temp_dir().join(format!(
+        "x402d-bench-{}-{}",
+        std::process::id(),
+        alloy::primitives::B256::random()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

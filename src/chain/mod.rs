@@ -1,0 +1,216 @@
+//! Networks and tokens: which (network, asset) pairs we serve, their EIP-712 domains, and a JSON-RPC
+//! client per network.
+
+pub mod bindings;
+pub mod rpc;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256, address};
+use alloy::sol_types::Eip712Domain;
+
+use crate::config::{Config, NetworkConfig, TokenConfig};
+use crate::protocol::{ChainId, X402Version};
+pub use rpc::{CallError, RpcCall, RpcClient, RpcError};
+
+/// A built-in network: chain id, v1 name, and its USDC.
+struct BuiltinNetwork {
+    chain_id: u64,
+    v1_name: &'static str,
+    usdc: Address,
+    eip712_name: &'static str,
+}
+
+const BUILTIN_NETWORKS: &[BuiltinNetwork] = &[
+    BuiltinNetwork {
+        chain_id: 8453,
+        v1_name: "base",
+        usdc: address!("833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
+        eip712_name: "USD Coin",
+    },
+    BuiltinNetwork {
+        chain_id: 84532,
+        v1_name: "base-sepolia",
+        usdc: address!("036CbD53842c5426634e7929541eC2318f3dCF7e"),
+        eip712_name: "USDC",
+    },
+];
+
+/// The built-in USDC of a chain, if it has one: (address, EIP-712 name, version).
+pub fn builtin_usdc(chain_id: u64) -> Option<(Address, &'static str, &'static str)> {
+    BUILTIN_NETWORKS
+        .iter()
+        .find(|b| b.chain_id == chain_id)
+        .map(|b| (b.usdc, b.eip712_name, "2"))
+}
+
+/// An EIP-3009 token we serve.
+#[derive(Debug)]
+pub struct Token {
+    pub address: Address,
+    pub name: String,
+    pub version: String,
+    pub decimals: u8,
+    pub symbol: String,
+    pub domain: Eip712Domain,
+    pub domain_separator: B256,
+    /// Set once the token was seen to have code: an `eth_call` to an empty account "succeeds", so
+    /// we must know the token is deployed before trusting a simulation.
+    deployed: AtomicBool,
+}
+
+impl Token {
+    fn new(chain_id: ChainId, t: &TokenConfig) -> Self {
+        let domain = Eip712Domain::new(
+            Some(t.name.clone().into()),
+            Some(t.version.clone().into()),
+            Some(alloy::primitives::U256::from(chain_id.0)),
+            Some(t.address),
+            None,
+        );
+        Token {
+            address: t.address,
+            name: t.name.clone(),
+            version: t.version.clone(),
+            decimals: t.decimals,
+            symbol: t.symbol.clone().unwrap_or_else(|| t.name.clone()),
+            domain_separator: domain.separator(),
+            domain,
+            deployed: AtomicBool::new(false),
+        }
+    }
+
+    pub fn known_deployed(&self) -> bool {
+        self.deployed.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_deployed(&self) {
+        self.deployed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A network we serve.
+#[derive(Debug)]
+pub struct Network {
+    pub chain_id: ChainId,
+    pub v1_name: Option<String>,
+    pub rpc: RpcClient,
+    pub tokens: Vec<Token>,
+}
+
+impl Network {
+    pub fn token(&self, address: Address) -> Option<&Token> {
+        self.tokens.iter().find(|t| t.address == address)
+    }
+
+    /// The network's name in answers of the given version.
+    pub fn wire_name(&self, version: X402Version) -> String {
+        match (version, &self.v1_name) {
+            (X402Version::V1, Some(name)) => name.clone(),
+            _ => self.chain_id.caip2(),
+        }
+    }
+}
+
+/// All networks we serve.
+#[derive(Debug, Clone)]
+pub struct Chains {
+    networks: Arc<Vec<Network>>,
+}
+
+/// How long one RPC round trip may take before we call the node unreachable.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Chains {
+    pub fn from_config(config: &Config) -> Result<Self, RpcError> {
+        let networks = config
+            .networks
+            .iter()
+            .map(network_from_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chains {
+            networks: Arc::new(networks),
+        })
+    }
+
+    pub fn networks(&self) -> &[Network] {
+        &self.networks
+    }
+
+    /// Finds a served network by its wire name: CAIP-2 in v2, the v1 name in v1.
+    pub fn resolve(&self, version: X402Version, name: &str) -> Option<&Network> {
+        match version {
+            X402Version::V2 => {
+                let id = ChainId::from_caip2(name)?;
+                self.networks.iter().find(|n| n.chain_id == id)
+            }
+            X402Version::V1 => self
+                .networks
+                .iter()
+                .find(|n| n.v1_name.as_deref() == Some(name)),
+        }
+    }
+}
+
+fn network_from_config(n: &NetworkConfig) -> Result<Network, RpcError> {
+    let chain_id = ChainId(n.chain_id);
+    let builtin = BUILTIN_NETWORKS.iter().find(|b| b.chain_id == n.chain_id);
+    let mut token_configs = Vec::new();
+    if n.builtin_tokens
+        && let Some(b) = builtin
+    {
+        token_configs.push(TokenConfig {
+            address: b.usdc,
+            name: b.eip712_name.to_owned(),
+            version: "2".to_owned(),
+            decimals: 6,
+            symbol: Some("USDC".to_owned()),
+        });
+    }
+    for t in &n.tokens {
+        token_configs.retain(|c| c.address != t.address);
+        token_configs.push(t.clone());
+    }
+    Ok(Network {
+        chain_id,
+        v1_name: n
+            .v1_name
+            .clone()
+            .or_else(|| builtin.map(|b| b.v1_name.to_owned())),
+        rpc: RpcClient::new(&n.rpc_urls, RPC_TIMEOUT)?,
+        tokens: token_configs
+            .iter()
+            .map(|t| Token::new(chain_id, t))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::primitives::b256;
+
+    #[test]
+    fn builtin_domain_separators_match_the_facts() {
+        let config = Config::from_toml(
+            "[[networks]]\nchain_id = 8453\nrpc_urls = [\"http://127.0.0.1:1\"]\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"http://127.0.0.1:1\"]\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let chains = Chains::from_config(&config).unwrap();
+        let base = chains.resolve(X402Version::V2, "eip155:8453").unwrap();
+        assert_eq!(
+            base.tokens[0].domain_separator,
+            b256!("02fa7265e7c5d81118673727957699e4d68f74cd74b7db77da710fe8a2c7834f")
+        );
+        let sepolia = chains.resolve(X402Version::V1, "base-sepolia").unwrap();
+        assert_eq!(
+            sepolia.tokens[0].domain_separator,
+            b256!("71f17a3b2ff373b803d70a5a07c046c1a2bc8e89c09ef722fcb047abe94c9818")
+        );
+        assert!(chains.resolve(X402Version::V2, "eip155:1").is_none());
+        assert!(chains.resolve(X402Version::V1, "eip155:8453").is_none());
+    }
+}

@@ -1,0 +1,228 @@
+//! A small JSON-RPC client that sends batches in one HTTP request and fails over between endpoints.
+//!
+//! We use our own rather than alloy's provider on the verify path because it must send exactly the
+//! calls we choose in one round trip, and tell a revert (an answer) from an unreachable node (503).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy::primitives::{Address, Bytes};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The node could not be reached or answered nonsense: our fault or the operator's, never the client's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RpcError {
+    #[error("no RPC endpoint answered: {0}")]
+    Unreachable(String),
+    #[error("RPC endpoint answered malformed JSON-RPC: {0}")]
+    Malformed(String),
+}
+
+/// An error object a node returned for one call (e.g. a revert).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CallError {
+    pub code: i64,
+    pub message: String,
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+impl CallError {
+    /// The revert data carried by an `eth_call` error, when there is any.
+    pub fn revert_data(&self) -> Option<Bytes> {
+        let s = self.data.as_ref()?.as_str()?;
+        alloy::hex::decode(s.strip_prefix("0x").unwrap_or(s))
+            .ok()
+            .map(Into::into)
+    }
+
+    /// A human revert reason (`Error(string)` decoded), falling back to the node's message.
+    pub fn reason(&self) -> String {
+        self.revert_data()
+            .and_then(|d| alloy::sol_types::decode_revert_reason(&d))
+            .unwrap_or_else(|| self.message.clone())
+    }
+}
+
+/// One call of a batch.
+#[derive(Debug, Clone)]
+pub struct RpcCall {
+    pub method: &'static str,
+    pub params: Value,
+}
+
+impl RpcCall {
+    pub fn get_code(address: Address) -> Self {
+        RpcCall {
+            method: "eth_getCode",
+            params: json!([address, "latest"]),
+        }
+    }
+
+    pub fn call(to: Address, data: impl Into<Bytes>) -> Self {
+        RpcCall {
+            method: "eth_call",
+            params: json!([{"to": to, "data": data.into()}, "latest"]),
+        }
+    }
+
+    pub fn chain_id() -> Self {
+        RpcCall {
+            method: "eth_chainId",
+            params: json!([]),
+        }
+    }
+}
+
+/// A JSON-RPC endpoint set for one chain.
+#[derive(Debug)]
+pub struct RpcClient {
+    http: reqwest::Client,
+    urls: Vec<reqwest::Url>,
+    /// The endpoint that answered last; we start there so a dead first URL costs one failure, not one per call.
+    preferred: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    id: u64,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<CallError>,
+}
+
+impl RpcClient {
+    /// `urls` must be non-empty and valid (config validates them).
+    pub fn new(urls: &[String], timeout: Duration) -> Result<Self, RpcError> {
+        let urls = urls
+            .iter()
+            .map(|u| reqwest::Url::parse(u).map_err(|e| RpcError::Malformed(format!("{u}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| RpcError::Unreachable(e.to_string()))?;
+        Ok(RpcClient {
+            http,
+            urls,
+            preferred: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn urls(&self) -> &[reqwest::Url] {
+        &self.urls
+    }
+
+    /// Sends `calls` as one JSON-RPC batch and returns each call's outcome, in order.
+    pub async fn batch(
+        &self,
+        calls: &[RpcCall],
+    ) -> Result<Vec<Result<Value, CallError>>, RpcError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first_id = self
+            .next_id
+            .fetch_add(calls.len() as u64, Ordering::Relaxed);
+        let body: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"jsonrpc": "2.0", "id": first_id + i as u64, "method": c.method, "params": c.params}))
+            .collect();
+        let body = serde_json::to_vec(&body).map_err(|e| RpcError::Malformed(e.to_string()))?;
+        let responses = self.post(body).await?;
+        let mut out: Vec<Option<Result<Value, CallError>>> = vec![None; calls.len()];
+        for r in responses {
+            let Some(slot) =
+                r.id.checked_sub(first_id)
+                    .and_then(|i| out.get_mut(i as usize))
+            else {
+                return Err(RpcError::Malformed(format!("unexpected id {}", r.id)));
+            };
+            *slot = Some(match (r.result, r.error) {
+                (_, Some(e)) => Err(e),
+                (Some(v), None) => Ok(v),
+                (None, None) => Ok(Value::Null),
+            });
+        }
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| RpcError::Malformed("batch answer is missing a call".into())))
+            .collect()
+    }
+
+    /// One call.
+    pub async fn request(&self, call: RpcCall) -> Result<Result<Value, CallError>, RpcError> {
+        let mut out = self.batch(std::slice::from_ref(&call)).await?;
+        out.pop()
+            .ok_or_else(|| RpcError::Malformed("empty answer".into()))
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Result<Vec<Response>, RpcError> {
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last_error = String::new();
+        for k in 0..self.urls.len() {
+            let i = (start + k) % self.urls.len();
+            let url = &self.urls[i];
+            let sent = self
+                .http
+                .post(url.clone())
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let response = match sent {
+                Ok(r) if r.status().is_success() => r,
+                Ok(r) => {
+                    last_error = format!("{}: HTTP {}", redact(url), r.status());
+                    continue;
+                }
+                Err(e) => {
+                    last_error = format!("{}: {}", redact(url), e.without_url());
+                    continue;
+                }
+            };
+            let bytes = match response.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    last_error = format!("{}: {}", redact(url), e.without_url());
+                    continue;
+                }
+            };
+            self.preferred.store(i, Ordering::Relaxed);
+            return serde_json::from_slice::<Vec<Response>>(&bytes).map_err(|e| {
+                RpcError::Malformed(format!(
+                    "{}: {e}: {}",
+                    redact(url),
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                ))
+            });
+        }
+        Err(RpcError::Unreachable(last_error))
+    }
+}
+
+/// An RPC URL for logs: scheme, host and port only (paths and queries often carry API keys).
+pub fn redact(url: &reqwest::Url) -> String {
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or("?"),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    )
+}
+
+/// Decodes a hex string result into bytes.
+pub fn hex_result(v: &Value) -> Result<Bytes, RpcError> {
+    let s = v
+        .as_str()
+        .ok_or_else(|| RpcError::Malformed(format!("expected hex, got {v}")))?;
+    alloy::hex::decode(s.strip_prefix("0x").unwrap_or(s))
+        .map(Into::into)
+        .map_err(|e| RpcError::Malformed(format!("bad hex {s}: {e}")))
+}

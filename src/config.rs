@@ -1,0 +1,544 @@
+//! Configuration: TOML, with `$VAR`/`${VAR}` indirection for secrets and `X402D_A__B=…` environment
+//! overrides, validated at load. Every error names the key it is about.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use serde::Deserialize;
+
+use crate::protocol::primitives::deserialize_address;
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML: {0}")]
+    Toml(String),
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A secret string; never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Networks served. A built-in network (8453, 84532) brings its USDC unless `builtin_tokens = false`.
+    #[serde(default)]
+    pub networks: Vec<NetworkConfig>,
+    #[serde(default)]
+    pub exact: ExactConfig,
+    #[serde(default)]
+    pub gas_wallets: GasWalletsConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub settlement: SettlementSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// `sqlite://path/to/file.db` (created if missing) or `postgres://…` (for several nodes).
+    #[serde(default = "default_ledger_url")]
+    pub url: Secret,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            url: default_ledger_url(),
+        }
+    }
+}
+
+fn default_ledger_url() -> Secret {
+    Secret("sqlite://x402d-data/ledger.db".to_owned())
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementSection {
+    /// Blocks (including its own) before a settlement is reported.
+    #[serde(default = "one")]
+    pub confirmations: u64,
+    /// How long `/settle` waits for the receipt before answering `settlement_pending` with the hash
+    /// (also capped below the requirement's `maxTimeoutSeconds`).
+    #[serde(default = "default_settle_timeout")]
+    pub settle_timeout_seconds: u64,
+    #[serde(default = "default_batch_window")]
+    pub batch_window_ms: u64,
+    #[serde(default = "default_batch_max")]
+    pub batch_max_items: usize,
+    #[serde(default = "default_receipt_poll")]
+    pub receipt_poll_ms: u64,
+    #[serde(default = "default_rebroadcast")]
+    pub rebroadcast_after_seconds: u64,
+    #[serde(default = "default_lookback")]
+    pub log_lookback_blocks: u64,
+}
+
+impl Default for SettlementSection {
+    fn default() -> Self {
+        SettlementSection {
+            confirmations: 1,
+            settle_timeout_seconds: default_settle_timeout(),
+            batch_window_ms: default_batch_window(),
+            batch_max_items: default_batch_max(),
+            receipt_poll_ms: default_receipt_poll(),
+            rebroadcast_after_seconds: default_rebroadcast(),
+            log_lookback_blocks: default_lookback(),
+        }
+    }
+}
+
+fn one() -> u64 {
+    1
+}
+fn default_settle_timeout() -> u64 {
+    25
+}
+fn default_batch_window() -> u64 {
+    200
+}
+fn default_batch_max() -> usize {
+    100
+}
+fn default_receipt_poll() -> u64 {
+    50
+}
+fn default_rebroadcast() -> u64 {
+    3
+}
+fn default_lookback() -> u64 {
+    50_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones are answered 413.
+    #[serde(default = "default_body_limit")]
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            body_limit_bytes: default_body_limit(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4021))
+}
+
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub chain_id: u64,
+    /// One or more JSON-RPC endpoints, tried in order.
+    pub rpc_urls: Vec<String>,
+    /// The v1 network name (`base`, `base-sepolia` are built in).
+    #[serde(default)]
+    pub v1_name: Option<String>,
+    #[serde(default = "yes")]
+    pub builtin_tokens: bool,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An EIP-3009 token and its EIP-712 domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    #[serde(deserialize_with = "deserialize_address")]
+    pub address: Address,
+    /// EIP-712 domain name, exactly as the token's `name()` (USDC on Base: "USD Coin").
+    pub name: String,
+    /// EIP-712 domain version (USDC: "2").
+    pub version: String,
+    pub decimals: u8,
+    #[serde(default)]
+    pub symbol: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExactConfig {
+    /// ERC-6492 factories we will deploy wallets through. Empty: counterfactual wallets are refused.
+    #[serde(default, deserialize_with = "deserialize_addresses")]
+    pub eip6492_factories: Vec<Address>,
+    /// `validBefore` must be at least this far in the future (block-time buffer).
+    #[serde(default = "default_valid_before_buffer")]
+    pub valid_before_buffer_seconds: u64,
+}
+
+impl Default for ExactConfig {
+    fn default() -> Self {
+        ExactConfig {
+            eip6492_factories: Vec::new(),
+            valid_before_buffer_seconds: default_valid_before_buffer(),
+        }
+    }
+}
+
+fn default_valid_before_buffer() -> u64 {
+    6
+}
+
+fn deserialize_addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Address>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| crate::protocol::primitives::parse_address(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GasWalletsConfig {
+    /// Private keys of the gas wallets, normally `$VAR` references.
+    #[serde(default)]
+    pub private_keys: Vec<Secret>,
+}
+
+impl Config {
+    /// Loads and validates a config file, applying the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Config::from_toml(&text, &env)
+    }
+
+    /// Parses config text against an explicit environment (tests pass their own).
+    pub fn from_toml(text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut root: toml::Value = toml::from_str::<toml::Table>(text)
+            .map(toml::Value::Table)
+            .map_err(|e| ConfigError::Toml(e.to_string()))?;
+        apply_env_overrides(&mut root, env)?;
+        expand_vars(&mut root, "", env)?;
+        let config: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let key = e.path().to_string();
+            key_error(key, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.body_limit_bytes < 1024 {
+            return Err(key_error(
+                "server.body_limit_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, n) in self.networks.iter().enumerate() {
+            if !seen.insert(n.chain_id) {
+                return Err(key_error(
+                    format!("networks[{i}].chain_id"),
+                    format!("chain {} listed twice", n.chain_id),
+                ));
+            }
+            if n.rpc_urls.is_empty() {
+                return Err(key_error(
+                    format!("networks[{i}].rpc_urls"),
+                    "at least one RPC URL is required",
+                ));
+            }
+            for (j, url) in n.rpc_urls.iter().enumerate() {
+                let ok =
+                    reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+                if !ok {
+                    return Err(key_error(
+                        format!("networks[{i}].rpc_urls[{j}]"),
+                        format!("{url:?} is not an http(s) URL"),
+                    ));
+                }
+            }
+        }
+        if self.settlement.confirmations == 0 {
+            return Err(key_error("settlement.confirmations", "must be at least 1"));
+        }
+        if !(1..=300).contains(&self.settlement.batch_max_items) {
+            return Err(key_error(
+                "settlement.batch_max_items",
+                "must be between 1 and 300 (Base caps a transaction near 16.7M gas)",
+            ));
+        }
+        let url = &self.ledger.url.0;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(key_error(
+                "ledger.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        self.gas_wallet_signers().map(|_| ())
+    }
+
+    /// The gas wallets' signers.
+    pub fn gas_wallet_signers(&self) -> Result<Vec<PrivateKeySigner>, ConfigError> {
+        self.gas_wallets
+            .private_keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                key.0.trim().parse::<PrivateKeySigner>().map_err(|_| {
+                    key_error(
+                        format!("gas_wallets.private_keys[{i}]"),
+                        "not a 32-byte hex private key",
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+/// `X402D_SERVER__LISTEN=…` sets `server.listen`; `X402D_NETWORKS__0__RPC_URLS='["…"]'` sets an array
+/// element's key. Values are read as TOML when they parse as such, else as strings. Variables
+/// without `__` are not overrides (they are there for `$VAR` references).
+fn apply_env_overrides(
+    root: &mut toml::Value,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix("X402D_") else {
+            continue;
+        };
+        if !path.contains("__") {
+            continue;
+        }
+        let segments: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let mut node = &mut *root;
+        for (k, seg) in segments.iter().enumerate() {
+            let last = k + 1 == segments.len();
+            let here = segments[..=k].join(".");
+            node = match node {
+                toml::Value::Table(t) => {
+                    if last {
+                        t.insert(seg.clone(), value.clone());
+                        break;
+                    }
+                    t.entry(seg.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                }
+                toml::Value::Array(a) => {
+                    let idx: usize = seg.parse().map_err(|_| {
+                        key_error(format!("{name} ({here})"), "expected an array index")
+                    })?;
+                    let slot = a.get_mut(idx).ok_or_else(|| {
+                        key_error(format!("{name} ({here})"), "array index out of range")
+                    })?;
+                    if last {
+                        *slot = value.clone();
+                        break;
+                    }
+                    slot
+                }
+                _ => {
+                    return Err(key_error(
+                        format!("{name} ({here})"),
+                        "is not a table or array",
+                    ));
+                }
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `$VAR` and `${VAR}` in every string by the variable's value; a missing variable is an
+/// error naming the key.
+fn expand_vars(
+    v: &mut toml::Value,
+    path: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    match v {
+        toml::Value::String(s) if s.contains('$') => {
+            *s = expand_string(s, env)
+                .map_err(|var| key_error(path, format!("environment variable {var} is not set")))?;
+        }
+        toml::Value::Array(a) => {
+            for (i, item) in a.iter_mut().enumerate() {
+                expand_vars(item, &format!("{path}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                expand_vars(item, &p, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_string(s: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
+            match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => return Err(format!("${{{braced} (unclosed)")),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() {
+            out.push('$');
+        } else {
+            out.push_str(env.get(name).ok_or_else(|| name.to_owned())?);
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+    #[test]
+    fn expands_secrets_and_applies_overrides() {
+        let text = r#"
+            [server]
+            listen = "127.0.0.1:1"
+            [[networks]]
+            chain_id = 84532
+            rpc_urls = ["http://127.0.0.1:8545"]
+            [gas_wallets]
+            private_keys = ["${GAS_KEY}"]
+        "#;
+        let c = Config::from_toml(
+            text,
+            &env(&[
+                ("GAS_KEY", KEY),
+                ("X402D_SERVER__LISTEN", "\"127.0.0.1:9\""),
+                ("X402D_NETWORKS__0__RPC_URLS", "[\"http://127.0.0.1:1\"]"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9);
+        assert_eq!(
+            c.networks[0].rpc_urls,
+            vec!["http://127.0.0.1:1".to_string()]
+        );
+        assert_eq!(c.gas_wallet_signers().unwrap().len(), 1);
+        assert!(
+            !format!("{c:?}").contains(&KEY[4..]),
+            "secret leaked into Debug"
+        );
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let text = include_str!("../x402d.example.toml");
+        let c = Config::from_toml(text, &env(&[("X402D_GAS_KEY", KEY)])).unwrap();
+        assert_eq!(c.networks[0].chain_id, 84532);
+        assert_eq!(c.server.body_limit_bytes, 65536);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlistne = 1\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(unknown.to_string().contains("listne"), "{unknown}");
+        let missing = Config::from_toml("[gas_wallets]\nprivate_keys = [\"$NOPE\"]\n", &env(&[]))
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("gas_wallets.private_keys[0]")
+                && missing.to_string().contains("NOPE"),
+            "{missing}"
+        );
+        let bad_addr = Config::from_toml(
+            "[[networks]]\nchain_id = 1\nrpc_urls = [\"http://x\"]\n[[networks.tokens]]\naddress = \"0x12\"\nname = \"T\"\nversion = \"1\"\ndecimals = 6\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            bad_addr
+                .to_string()
+                .contains("networks[0].tokens[0].address"),
+            "{bad_addr}"
+        );
+        let bad_key = Config::from_toml("[gas_wallets]\nprivate_keys = [\"0x1234\"]\n", &env(&[]))
+            .unwrap_err();
+        assert!(
+            bad_key.to_string().contains("gas_wallets.private_keys[0]"),
+            "{bad_key}"
+        );
+    }
+}

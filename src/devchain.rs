@@ -1,0 +1,325 @@
+//! A local chain that looks like Base or Base Sepolia: anvil with our test USDC at the canonical
+//! USDC address and Multicall3 at its canonical address, so the built-in network configuration
+//! works unchanged. Used by the tests, the benchmarks and `x402d dev`.
+
+use std::path::PathBuf;
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::node_bindings::{Anvil, AnvilInstance};
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::ext::AnvilApi;
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::sol_types::SolCall;
+
+use crate::chain::bindings::MULTICALL3;
+use crate::chain::builtin_usdc;
+
+alloy::sol! {
+    /// The admin surface of our test token (contracts/src/TestUSDC.sol).
+    interface ITestUsdc {
+        function initialize(string tokenName, string tokenSymbol, string tokenVersion, uint8 tokenDecimals, address newOwner) external;
+        function mint(address to, uint256 amount) external;
+        function pause() external;
+        function unpause() external;
+        function blacklist(address account) external;
+        function balanceOf(address account) external view returns (uint256);
+        function DOMAIN_SEPARATOR() external view returns (bytes32);
+    }
+
+    /// contracts/src/WalletFactory.sol.
+    interface IWalletFactory {
+        function createAccount(address owner, bytes32 salt) external returns (address);
+        function getAddress(address owner, bytes32 salt) external view returns (address);
+    }
+}
+
+/// Compiled artifacts of our contracts (contracts/out, rebuilt and checked by contracts/check.sh).
+pub mod artifacts {
+    pub const TEST_USDC: &str = include_str!("../contracts/out/TestUSDC.json");
+    pub const SMART_WALLET: &str = include_str!("../contracts/out/SmartWallet.json");
+    pub const WALLET_FACTORY: &str = include_str!("../contracts/out/WalletFactory.json");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevChainError {
+    #[error("anvil: {0}")]
+    Anvil(String),
+    #[error("contract artifact: {0}")]
+    Artifact(String),
+    #[error("chain: {0}")]
+    Chain(String),
+}
+
+fn chain_err(e: impl std::fmt::Display) -> DevChainError {
+    DevChainError::Chain(e.to_string())
+}
+
+/// Where the anvil binary is: `$ANVIL_BIN`, else the pinned copy `anvil/install.sh` puts in this
+/// repository, else `anvil` on the PATH.
+pub fn anvil_binary() -> Result<PathBuf, DevChainError> {
+    if let Ok(p) = std::env::var("ANVIL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    if pinned.exists() {
+        return Ok(pinned);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("anvil"))
+                .find(|p| p.exists())
+        })
+        .ok_or_else(|| {
+            DevChainError::Anvil("anvil not found: run anvil/install.sh or set ANVIL_BIN".into())
+        })
+}
+
+/// Creation bytecode of an artifact.
+pub fn creation_code(artifact: &str) -> Result<Bytes, DevChainError> {
+    #[derive(serde::Deserialize)]
+    struct Artifact {
+        bytecode: String,
+    }
+    let a: Artifact =
+        serde_json::from_str(artifact).map_err(|e| DevChainError::Artifact(e.to_string()))?;
+    alloy::hex::decode(a.bytecode.trim_start_matches("0x"))
+        .map(Into::into)
+        .map_err(|e| DevChainError::Artifact(e.to_string()))
+}
+
+/// A running local chain with our contracts in place.
+pub struct DevChain {
+    anvil: AnvilInstance,
+    provider: DynProvider,
+    /// Owner of the test tokens (anvil's first account), also a funded sender.
+    pub owner: PrivateKeySigner,
+    pub chain_id: u64,
+    /// The test USDC at the canonical address of this chain.
+    pub usdc: Address,
+    pub usdc_name: String,
+    pub wallet_factory: Address,
+}
+
+impl DevChain {
+    /// Starts anvil with `chain_id` (8453 or 84532 to get a canonical USDC) and sets it up.
+    /// `block_time`: `None` mines each transaction at once.
+    pub async fn start(chain_id: u64, block_time: Option<u64>) -> Result<DevChain, DevChainError> {
+        let mut anvil = Anvil::at(anvil_binary()?).chain_id(chain_id);
+        if let Some(t) = block_time {
+            anvil = anvil.block_time(t);
+        }
+        let anvil = anvil
+            .try_spawn()
+            .map_err(|e| DevChainError::Anvil(e.to_string()))?;
+        let owner = PrivateKeySigner::from(anvil.first_key().clone());
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(owner.clone()))
+            .connect_http(anvil.endpoint_url())
+            .erased();
+        let (usdc, usdc_name, _) =
+            builtin_usdc(chain_id).unwrap_or((Address::repeat_byte(0x0c), "USDC", "2"));
+        let mut chain = DevChain {
+            anvil,
+            provider,
+            owner,
+            chain_id,
+            usdc,
+            usdc_name: usdc_name.to_owned(),
+            wallet_factory: Address::ZERO,
+        };
+        chain.place_multicall3().await?;
+        chain.place_token(usdc, usdc_name, "2", 6).await?;
+        chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
+        Ok(chain)
+    }
+
+    pub fn rpc_url(&self) -> String {
+        self.anvil.endpoint()
+    }
+
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// Deploys a contract from an artifact and returns its address.
+    pub async fn deploy(&self, artifact: &str) -> Result<Address, DevChainError> {
+        let tx = TransactionRequest::default().with_deploy_code(creation_code(artifact)?);
+        let receipt = self.send(tx).await?;
+        receipt
+            .contract_address
+            .ok_or_else(|| chain_err("deployment receipt has no contract address"))
+    }
+
+    /// Puts a freshly initialised test token at `at` (copying the runtime of a deployed one).
+    pub async fn place_token(
+        &self,
+        at: Address,
+        name: &str,
+        version: &str,
+        decimals: u8,
+    ) -> Result<(), DevChainError> {
+        let template = self.deploy(artifacts::TEST_USDC).await?;
+        let code = self
+            .provider
+            .get_code_at(template)
+            .await
+            .map_err(chain_err)?;
+        self.provider
+            .anvil_set_code(at, code)
+            .await
+            .map_err(chain_err)?;
+        let init = ITestUsdc::initializeCall {
+            tokenName: name.to_owned(),
+            tokenSymbol: "USDC".to_owned(),
+            tokenVersion: version.to_owned(),
+            tokenDecimals: decimals,
+            newOwner: self.owner.address(),
+        };
+        self.call(at, init.abi_encode()).await.map(|_| ())
+    }
+
+    /// Deploys another test token at a fresh address (for operator-configured tokens).
+    pub async fn deploy_token(
+        &self,
+        name: &str,
+        version: &str,
+        decimals: u8,
+    ) -> Result<Address, DevChainError> {
+        let at = Address::random();
+        self.place_token(at, name, version, decimals).await?;
+        Ok(at)
+    }
+
+    async fn place_multicall3(&self) -> Result<(), DevChainError> {
+        let existing = self
+            .provider
+            .get_code_at(MULTICALL3)
+            .await
+            .map_err(chain_err)?;
+        if !existing.is_empty() {
+            return Ok(());
+        }
+        let creation = alloy::providers::bindings::IMulticall3::BYTECODE.clone();
+        let tx = TransactionRequest::default().with_deploy_code(creation);
+        let deployed = self
+            .send(tx)
+            .await?
+            .contract_address
+            .ok_or_else(|| chain_err("no Multicall3 address"))?;
+        let code = self
+            .provider
+            .get_code_at(deployed)
+            .await
+            .map_err(chain_err)?;
+        self.provider
+            .anvil_set_code(MULTICALL3, code)
+            .await
+            .map_err(chain_err)
+    }
+
+    /// Sends a transaction from the owner and waits for its receipt; a revert is an error.
+    pub async fn call(
+        &self,
+        to: Address,
+        data: Vec<u8>,
+    ) -> Result<TransactionReceipt, DevChainError> {
+        let receipt = self
+            .send(TransactionRequest::default().with_to(to).with_input(data))
+            .await?;
+        if !receipt.status() {
+            return Err(chain_err(format!("transaction to {to} reverted")));
+        }
+        Ok(receipt)
+    }
+
+    /// Sends a transaction from the owner and waits for its receipt, whatever its status.
+    pub async fn send(&self, tx: TransactionRequest) -> Result<TransactionReceipt, DevChainError> {
+        self.provider
+            .send_transaction(tx)
+            .await
+            .map_err(chain_err)?
+            .get_receipt()
+            .await
+            .map_err(chain_err)
+    }
+
+    pub async fn mint(
+        &self,
+        token: Address,
+        to: Address,
+        amount: U256,
+    ) -> Result<(), DevChainError> {
+        self.call(token, ITestUsdc::mintCall { to, amount }.abi_encode())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn pause(&self, token: Address) -> Result<(), DevChainError> {
+        self.call(token, ITestUsdc::pauseCall {}.abi_encode())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn blacklist(&self, token: Address, account: Address) -> Result<(), DevChainError> {
+        self.call(token, ITestUsdc::blacklistCall { account }.abi_encode())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn balance_of(
+        &self,
+        token: Address,
+        account: Address,
+    ) -> Result<U256, DevChainError> {
+        let tx = TransactionRequest::default()
+            .with_to(token)
+            .with_input(ITestUsdc::balanceOfCall { account }.abi_encode());
+        let out = self.provider.call(tx).await.map_err(chain_err)?;
+        ITestUsdc::balanceOfCall::abi_decode_returns(&out).map_err(chain_err)
+    }
+
+    /// The address the wallet factory will deploy `owner`'s wallet to.
+    pub async fn predicted_wallet(
+        &self,
+        factory: Address,
+        owner: Address,
+        salt: B256,
+    ) -> Result<Address, DevChainError> {
+        let tx = TransactionRequest::default()
+            .with_to(factory)
+            .with_input(IWalletFactory::getAddressCall { owner, salt }.abi_encode());
+        let out = self.provider.call(tx).await.map_err(chain_err)?;
+        IWalletFactory::getAddressCall::abi_decode_returns(&out).map_err(chain_err)
+    }
+
+    /// Deploys `owner`'s smart wallet through `factory`.
+    pub async fn create_wallet(
+        &self,
+        factory: Address,
+        owner: Address,
+        salt: B256,
+    ) -> Result<Address, DevChainError> {
+        self.call(factory, Self::create_wallet_calldata(owner, salt).to_vec())
+            .await?;
+        self.predicted_wallet(factory, owner, salt).await
+    }
+
+    /// Calldata of `createAccount(owner, salt)`, as an ERC-6492 wrapper carries it.
+    pub fn create_wallet_calldata(owner: Address, salt: B256) -> Bytes {
+        IWalletFactory::createAccountCall { owner, salt }
+            .abi_encode()
+            .into()
+    }
+
+    /// Sets a balance of ETH (for gas wallets).
+    pub async fn fund_eth(&self, account: Address, wei: U256) -> Result<(), DevChainError> {
+        self.provider
+            .anvil_set_balance(account, wei)
+            .await
+            .map_err(chain_err)
+    }
+}

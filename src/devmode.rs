@@ -1,0 +1,110 @@
+//! `x402d dev`: a local chain, funded wallets and the service, in one command. Uses the same
+//! server start-up as `serve`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use alloy::primitives::U256;
+use alloy::signers::local::PrivateKeySigner;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::devchain::DevChain;
+use crate::server::RunningServer;
+
+/// Options of `x402d dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub port: u16,
+    pub chain_id: u64,
+    pub payers: usize,
+    pub env_out: Option<PathBuf>,
+}
+
+/// The environment `x402d dev` created, as `--env-out` writes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevEnvironment {
+    pub rpc_url: String,
+    pub chain_id: u64,
+    pub network: String,
+    pub usdc: String,
+    pub eip712_name: String,
+    pub eip712_version: String,
+    pub facilitator_url: String,
+    pub merchant_url: String,
+    pub pay_to: String,
+    pub gas_wallets: Vec<String>,
+    pub payer_keys: Vec<String>,
+}
+
+/// A running dev environment; dropping it stops anvil.
+pub struct DevStack {
+    pub chain: DevChain,
+    pub server: RunningServer,
+    pub env: DevEnvironment,
+}
+
+/// USDC minted to each dev payer: $1,000.
+const PAYER_FUNDS: u64 = 1_000_000_000;
+
+/// Starts anvil, places the contracts, funds a gas wallet and the payers, and starts the service.
+pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
+    let chain = DevChain::start(opts.chain_id, None).await?;
+    let gas = PrivateKeySigner::random();
+    chain
+        .fund_eth(gas.address(), U256::from(10u128.pow(20)))
+        .await?;
+    let mut payer_keys = Vec::new();
+    for _ in 0..opts.payers {
+        let p = PrivateKeySigner::random();
+        chain
+            .mint(chain.usdc, p.address(), U256::from(PAYER_FUNDS))
+            .await?;
+        payer_keys.push(format!("0x{}", alloy::hex::encode(p.to_bytes())));
+    }
+    let pay_to = PrivateKeySigner::random().address();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n[exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [\"$X402D_DEV_GAS_KEY\"]\n",
+        port = opts.port,
+        chain_id = opts.chain_id,
+        rpc = chain.rpc_url(),
+        factory = chain.wallet_factory,
+    );
+    let env_vars = BTreeMap::from([(
+        "X402D_DEV_GAS_KEY".to_owned(),
+        alloy::hex::encode(gas.to_bytes()),
+    )]);
+    let config = Config::from_toml(&text, &env_vars)?;
+    let server = RunningServer::start(&config).await?;
+    let url = server.url();
+    let env = DevEnvironment {
+        rpc_url: chain.rpc_url(),
+        chain_id: opts.chain_id,
+        network: format!("eip155:{}", opts.chain_id),
+        usdc: chain.usdc.to_checksum(None),
+        eip712_name: chain.usdc_name.clone(),
+        eip712_version: "2".into(),
+        facilitator_url: url.clone(),
+        merchant_url: url,
+        pay_to: pay_to.to_checksum(None),
+        gas_wallets: vec![gas.address().to_checksum(None)],
+        payer_keys,
+    };
+    if let Some(path) = &opts.env_out {
+        std::fs::write(path, serde_json::to_string_pretty(&env)?)?;
+    }
+    Ok(DevStack { chain, server, env })
+}
+
+/// What to try next, printed by `x402d dev`.
+pub fn next_steps(env: &DevEnvironment) -> String {
+    format!(
+        "x402d dev is running\n  facilitator  {f}\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallet   {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {f}/health\n\nCtrl-C stops everything.\n",
+        f = env.facilitator_url,
+        rpc = env.rpc_url,
+        id = env.chain_id,
+        usdc = env.usdc,
+        gas = env.gas_wallets.join(", "),
+        n = env.payer_keys.len(),
+    )
+}

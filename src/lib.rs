@@ -1,0 +1,19 @@
+//! x402d: a self-hosted x402 facilitator and settlement engine.
+//!
+//! Rooms, and the one direction data flows between them:
+//! `http → facilitator → (exact, ledger, settlement) → chain`, with `protocol` (pure wire types)
+//! and `config` usable from anywhere.
+
+pub mod bench;
+pub mod chain;
+pub mod client;
+pub mod config;
+pub mod devchain;
+pub mod devmode;
+pub mod exact;
+pub mod facilitator;
+pub mod http;
+pub mod ledger;
+pub mod protocol;
+pub mod server;
+pub mod settlement;

@@ -1,0 +1,222 @@
+//! Newtypes for the scalar values of the wire, each with the one strict textual form it accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use alloy::primitives::{Address, B256, U256};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The protocol generation of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum X402Version {
+    V1,
+    V2,
+}
+
+impl X402Version {
+    pub fn number(self) -> u8 {
+        match self {
+            X402Version::V1 => 1,
+            X402Version::V2 => 2,
+        }
+    }
+
+    pub fn from_number(n: u64) -> Option<Self> {
+        match n {
+            1 => Some(X402Version::V1),
+            2 => Some(X402Version::V2),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for X402Version {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.number())
+    }
+}
+
+impl<'de> Deserialize<'de> for X402Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        X402Version::from_number(n)
+            .ok_or_else(|| serde::de::Error::custom(format!("unsupported x402Version {n}")))
+    }
+}
+
+/// An amount of a token in atomic units (USDC: 6 decimals, "10000" = $0.01), written on the wire as a
+/// decimal string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct AtomicAmount(pub U256);
+
+impl AtomicAmount {
+    pub fn from_u64(v: u64) -> Self {
+        AtomicAmount(U256::from(v))
+    }
+}
+
+impl fmt::Display for AtomicAmount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for AtomicAmount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_decimal_u256(s).map(AtomicAmount)
+    }
+}
+
+/// Parses a plain decimal (no sign, no exponent, no hex) into a `U256`, at most 78 digits.
+pub fn parse_decimal_u256(s: &str) -> Result<U256, String> {
+    if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("expected a decimal integer string, got {s:?}"));
+    }
+    U256::from_str_radix(s, 10).map_err(|_| format!("{s:?} does not fit in uint256"))
+}
+
+impl Serialize for AtomicAmount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AtomicAmount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_uint(d).map(AtomicAmount)
+    }
+}
+
+/// Accepts a decimal string (the wire form) or a non-negative JSON integer (seen from some clients).
+pub fn deserialize_uint<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(u64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(s) => parse_decimal_u256(&s).map_err(serde::de::Error::custom),
+        Raw::Int(n) => Ok(U256::from(n)),
+    }
+}
+
+/// Serialises a `U256` as a decimal string.
+pub fn serialize_uint<S: Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// An EVM address written as `0x` + 40 hex digits (any case; the checksum is not enforced because
+/// lower-case addresses are common on the wire).
+pub fn deserialize_address<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_address(&s).map_err(serde::de::Error::custom)
+}
+
+pub fn parse_address(s: &str) -> Result<Address, String> {
+    let hex = s
+        .strip_prefix("0x")
+        .ok_or_else(|| format!("address {s:?} must start with 0x"))?;
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "address {s:?} must be 0x followed by 40 hex digits"
+        ));
+    }
+    Address::from_str(s).map_err(|e| format!("address {s:?}: {e}"))
+}
+
+/// A 32-byte value written as `0x` + exactly 64 hex digits (an EIP-3009 nonce).
+pub fn deserialize_b256<'de, D: Deserializer<'de>>(d: D) -> Result<B256, D::Error> {
+    let s = String::deserialize(d)?;
+    let hex = s
+        .strip_prefix("0x")
+        .ok_or_else(|| serde::de::Error::custom(format!("{s:?} must start with 0x")))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(serde::de::Error::custom(format!(
+            "nonce must be 0x followed by exactly 64 hex digits (32 bytes), got {} hex digits",
+            hex.len()
+        )));
+    }
+    B256::from_str(&s).map_err(serde::de::Error::custom)
+}
+
+/// Hex bytes `0x…` of even length.
+pub fn deserialize_hex_bytes<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<alloy::primitives::Bytes, D::Error> {
+    let s = String::deserialize(d)?;
+    let hex = s
+        .strip_prefix("0x")
+        .ok_or_else(|| serde::de::Error::custom("hex bytes must start with 0x"))?;
+    alloy::hex::decode(hex)
+        .map(Into::into)
+        .map_err(|e| serde::de::Error::custom(format!("invalid hex bytes: {e}")))
+}
+
+/// An EVM chain id; its CAIP-2 form is `eip155:<id>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChainId(pub u64);
+
+impl ChainId {
+    pub fn caip2(self) -> String {
+        format!("eip155:{}", self.0)
+    }
+
+    /// Parses `eip155:<decimal>`; anything else (another namespace, a v1 name) is `None`.
+    pub fn from_caip2(s: &str) -> Option<Self> {
+        let reference = s.strip_prefix("eip155:")?;
+        if reference.is_empty()
+            || reference.len() > 19
+            || !reference.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        reference.parse().ok().map(ChainId)
+    }
+}
+
+impl fmt::Display for ChainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "eip155:{}", self.0)
+    }
+}
+
+/// The v1 names of the built-in networks; configured networks may add their own.
+pub const BUILTIN_V1_NAMES: &[(&str, u64)] = &[("base", 8453), ("base-sepolia", 84532)];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_strict_decimals() {
+        assert_eq!(
+            "10000".parse::<AtomicAmount>().unwrap(),
+            AtomicAmount::from_u64(10_000)
+        );
+        for bad in ["", "-1", "1e6", "0x10", " 1", "1.5"] {
+            assert!(bad.parse::<AtomicAmount>().is_err(), "{bad:?} accepted");
+        }
+        let too_big = "9".repeat(79);
+        assert!(too_big.parse::<AtomicAmount>().is_err());
+    }
+
+    #[test]
+    fn caip2_round_trip() {
+        assert_eq!(ChainId::from_caip2("eip155:8453"), Some(ChainId(8453)));
+        assert_eq!(ChainId(84532).caip2(), "eip155:84532");
+        for bad in ["base", "eip155:", "eip155:x", "solana:abc", "eip155:-1"] {
+            assert_eq!(ChainId::from_caip2(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_need_0x_and_40_hex() {
+        assert!(parse_address("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913").is_ok());
+        assert!(parse_address("833589fCD6eDb6E08f4c7C32D4f71b54bdA02913").is_err());
+        assert!(parse_address("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA029").is_err());
+        assert!(parse_address("0xzz3589fCD6eDb6E08f4c7C32D4f71b54bdA02913").is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Reason codes, and the one table that names them on the wire for each protocol version.
+
+use super::X402Version;
+
+/// Why a payment was refused or a settlement did not succeed. Mapped to wire names only by
+/// [`Reason::wire_name`]; nothing else in the crate spells a reason string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The scheme is not `exact`, or the payload and requirements name different schemes.
+    InvalidScheme,
+    /// The payload is for another network than the requirements.
+    NetworkMismatch,
+    /// A network we do not serve.
+    UnsupportedNetwork,
+    /// An asset we do not serve on that network.
+    UnsupportedAsset,
+    /// `extra.name` or `extra.version` missing.
+    MissingEip712Domain,
+    TokenNameMismatch,
+    TokenVersionMismatch,
+    RecipientMismatch,
+    AuthorizationValueMismatch,
+    ValidBeforeTooSoon,
+    ValidAfterInFuture,
+    InvalidSignature,
+    UndeployedSmartWallet,
+    NonceAlreadyUsed,
+    InsufficientBalance,
+    Eip3009NotSupported,
+    SimulationFailed,
+    TransactionFailed,
+    AssetNotDeployed,
+    Eip6492FactoryNotAllowed,
+    SmartWalletDeploymentFailed,
+    SettlementPending,
+    UnsupportedPayloadType,
+}
+
+impl Reason {
+    /// Every reason, for documentation and exhaustive tests.
+    pub const ALL: &'static [Reason] = &[
+        Reason::InvalidScheme,
+        Reason::NetworkMismatch,
+        Reason::UnsupportedNetwork,
+        Reason::UnsupportedAsset,
+        Reason::MissingEip712Domain,
+        Reason::TokenNameMismatch,
+        Reason::TokenVersionMismatch,
+        Reason::RecipientMismatch,
+        Reason::AuthorizationValueMismatch,
+        Reason::ValidBeforeTooSoon,
+        Reason::ValidAfterInFuture,
+        Reason::InvalidSignature,
+        Reason::UndeployedSmartWallet,
+        Reason::NonceAlreadyUsed,
+        Reason::InsufficientBalance,
+        Reason::Eip3009NotSupported,
+        Reason::SimulationFailed,
+        Reason::TransactionFailed,
+        Reason::AssetNotDeployed,
+        Reason::Eip6492FactoryNotAllowed,
+        Reason::SmartWalletDeploymentFailed,
+        Reason::SettlementPending,
+        Reason::UnsupportedPayloadType,
+    ];
+
+    /// The name on the wire: v2 answers use the TypeScript/Go names, v1 answers the spec v1 names
+    /// where the v1 spec has one.
+    pub fn wire_name(self, version: X402Version) -> &'static str {
+        let (v2, v1) = self.names();
+        match version {
+            X402Version::V2 => v2,
+            X402Version::V1 => v1,
+        }
+    }
+
+    /// The stable code we store: the v2 name.
+    pub fn code(self) -> &'static str {
+        self.names().0
+    }
+
+    /// The reason whose [`Reason::code`] is `code`.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
+    /// (v2 name, v1 name).
+    fn names(self) -> (&'static str, &'static str) {
+        use Reason::*;
+        match self {
+            InvalidScheme => ("invalid_exact_evm_scheme", "invalid_scheme"),
+            NetworkMismatch => ("invalid_exact_evm_network_mismatch", "invalid_network"),
+            UnsupportedNetwork => ("invalid_network", "invalid_network"),
+            UnsupportedAsset => (
+                "invalid_payment_requirements",
+                "invalid_payment_requirements",
+            ),
+            MissingEip712Domain => (
+                "invalid_exact_evm_missing_eip712_domain",
+                "invalid_payment_requirements",
+            ),
+            TokenNameMismatch => (
+                "invalid_exact_evm_token_name_mismatch",
+                "invalid_payment_requirements",
+            ),
+            TokenVersionMismatch => (
+                "invalid_exact_evm_token_version_mismatch",
+                "invalid_payment_requirements",
+            ),
+            RecipientMismatch => (
+                "invalid_exact_evm_recipient_mismatch",
+                "invalid_exact_evm_payload_recipient_mismatch",
+            ),
+            AuthorizationValueMismatch => (
+                "invalid_exact_evm_authorization_value",
+                "invalid_exact_evm_payload_authorization_value",
+            ),
+            ValidBeforeTooSoon => (
+                "invalid_exact_evm_payload_authorization_valid_before",
+                "invalid_exact_evm_payload_authorization_valid_before",
+            ),
+            ValidAfterInFuture => (
+                "invalid_exact_evm_payload_authorization_valid_after",
+                "invalid_exact_evm_payload_authorization_valid_after",
+            ),
+            InvalidSignature => (
+                "invalid_exact_evm_signature",
+                "invalid_exact_evm_payload_signature",
+            ),
+            UndeployedSmartWallet => (
+                "invalid_exact_evm_payload_undeployed_smart_wallet",
+                "invalid_exact_evm_payload_undeployed_smart_wallet",
+            ),
+            NonceAlreadyUsed => (
+                "invalid_exact_evm_nonce_already_used",
+                "invalid_transaction_state",
+            ),
+            InsufficientBalance => (
+                "invalid_exact_evm_insufficient_balance",
+                "insufficient_funds",
+            ),
+            Eip3009NotSupported => (
+                "invalid_exact_evm_eip3009_not_supported",
+                "invalid_payment_requirements",
+            ),
+            SimulationFailed => (
+                "invalid_exact_evm_transaction_simulation_failed",
+                "invalid_transaction_state",
+            ),
+            TransactionFailed => (
+                "invalid_exact_evm_transaction_failed",
+                "invalid_transaction_state",
+            ),
+            AssetNotDeployed => (
+                "asset_not_deployed_contract",
+                "invalid_payment_requirements",
+            ),
+            Eip6492FactoryNotAllowed => {
+                ("eip6492_factory_not_allowed", "eip6492_factory_not_allowed")
+            }
+            SmartWalletDeploymentFailed => (
+                "smart_wallet_deployment_failed",
+                "smart_wallet_deployment_failed",
+            ),
+            SettlementPending => ("settlement_pending", "settlement_pending"),
+            UnsupportedPayloadType => ("unsupported_payload_type", "invalid_payload"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_names_are_distinct() {
+        let mut names: Vec<_> = Reason::ALL
+            .iter()
+            .map(|r| r.wire_name(X402Version::V2))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn the_documented_table_matches_the_code() {
+        let doc = include_str!("../../docs/reason-codes.md");
+        for r in Reason::ALL {
+            let row = format!(
+                "| `{}` | `{}` |",
+                r.wire_name(X402Version::V2),
+                r.wire_name(X402Version::V1)
+            );
+            assert!(doc.contains(&row), "docs/reason-codes.md lacks {row}");
+        }
+    }
+
+    #[test]
+    fn clients_rely_on_settlement_pending() {
+        for v in [X402Version::V1, X402Version::V2] {
+            assert_eq!(Reason::SettlementPending.wire_name(v), "settlement_pending");
+        }
+    }
+}

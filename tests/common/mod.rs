@@ -1,0 +1,402 @@
+//! Shared harness: a real anvil with our contracts, and x402d serving against it.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use alloy::primitives::{Address, B256, U256};
+use alloy::signers::local::PrivateKeySigner;
+use serde_json::Value;
+use x402d::client::{
+    AuthorizationTerms, facilitator_body, payload_v1, payload_v2, sign_authorization,
+};
+use x402d::config::Config;
+use x402d::devchain::{DevChain, artifacts};
+use x402d::protocol::wire::{ExactEvmPayload, ExactExtra, RequirementsV1, RequirementsV2};
+use x402d::protocol::{AtomicAmount, ChainId};
+use x402d::server::RunningServer;
+
+pub const CHAIN_ID: u64 = 84532;
+pub const ONE_CENT: u64 = 10_000;
+
+/// Which ledger backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database for one test. PostgreSQL is required when `CI=true`; elsewhere a test
+/// without it says so loudly and returns `None`.
+pub async fn fresh_database(backend: Backend) -> Option<(String, Option<tempfile::TempDir>)> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/ledger.db", dir.path().display());
+            Some((url, Some(dir)))
+        }
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let base = std::env::var("X402D_TEST_POSTGRES")
+                .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into());
+            let mut admin = match sqlx::postgres::PgConnection::connect(&base).await {
+                Ok(c) => c,
+                Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                    panic!("PostgreSQL is required in CI ({base}): {e}")
+                }
+                Err(e) => {
+                    eprintln!("SKIPPED (not CI): PostgreSQL unavailable at {base}: {e}");
+                    return None;
+                }
+            };
+            let name = format!(
+                "x402d_test_{}",
+                alloy::hex::encode(B256::random().as_slice().get(..8).unwrap())
+            );
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            let url = match base.rfind('/') {
+                Some(i) => format!("{}/{name}", &base[..i]),
+                None => panic!("bad postgres url {base}"),
+            };
+            Some((url, None))
+        }
+    }
+}
+
+/// Options of a harness.
+pub struct HarnessOptions {
+    pub backend: Backend,
+    /// Extra `[settlement]` keys, e.g. `settle_timeout_seconds = 2`.
+    pub settlement: String,
+    /// Seconds between blocks; `None` mines each transaction at once.
+    pub block_time: Option<u64>,
+    /// Run x402d inside the test process (false: the test starts the binary itself).
+    pub in_process: bool,
+}
+
+impl Default for HarnessOptions {
+    fn default() -> Self {
+        HarnessOptions {
+            backend: Backend::Sqlite,
+            settlement: String::new(),
+            block_time: None,
+            in_process: true,
+        }
+    }
+}
+
+pub struct Harness {
+    pub chain: DevChain,
+    /// The config the server runs with (without the environment), for starting it elsewhere.
+    pub config_text: String,
+    pub gas_key: PrivateKeySigner,
+    pub ledger_url: String,
+    _ledger_dir: Option<tempfile::TempDir>,
+    pub server: Option<RunningServer>,
+    pub http: reqwest::Client,
+    pub pay_to: Address,
+    /// A second EIP-3009 token, configured by the operator, that tests may pause.
+    pub extra_token: Address,
+    /// A configured token address with no code.
+    pub ghost_token: Address,
+    /// A configured "token" that is a contract without EIP-3009 (Multicall3).
+    pub not_3009_token: Address,
+    /// A wallet factory that is not on the ERC-6492 allowlist.
+    pub unlisted_factory: Address,
+}
+
+pub fn now() -> u64 {
+    x402d::facilitator::unix_now()
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(HarnessOptions::default())
+            .await
+            .expect("SQLite is always available")
+    }
+
+    /// Starts a harness; `None` when the backend is unavailable outside CI.
+    pub async fn start_with(opts: HarnessOptions) -> Option<Harness> {
+        let (ledger_url, ledger_dir) = fresh_database(opts.backend).await?;
+        let chain = DevChain::start(CHAIN_ID, opts.block_time)
+            .await
+            .expect("anvil must start (run anvil/install.sh)");
+        let extra_token = chain.deploy_token("Extra Dollar", "1", 6).await.unwrap();
+        let unlisted_factory = chain.deploy(artifacts::WALLET_FACTORY).await.unwrap();
+        let ghost_token = Address::repeat_byte(0x61);
+        let not_3009_token = x402d::chain::bindings::MULTICALL3;
+        let gas_key = PrivateKeySigner::random();
+        chain
+            .fund_eth(gas_key.address(), U256::from(10u128.pow(20)))
+            .await
+            .unwrap();
+        let text = format!(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            [[networks]]
+            chain_id = {CHAIN_ID}
+            rpc_urls = ["{rpc}"]
+            [[networks.tokens]]
+            address = "{extra_token}"
+            name = "Extra Dollar"
+            version = "1"
+            decimals = 6
+            [[networks.tokens]]
+            address = "{ghost_token}"
+            name = "Ghost"
+            version = "1"
+            decimals = 6
+            [[networks.tokens]]
+            address = "{not_3009_token}"
+            name = "Not3009"
+            version = "1"
+            decimals = 6
+            [exact]
+            eip6492_factories = ["{factory}"]
+            [gas_wallets]
+            private_keys = ["$TEST_GAS_KEY"]
+            [ledger]
+            url = "{ledger_url}"
+            [settlement]
+            {settlement}
+            "#,
+            rpc = chain.rpc_url(),
+            factory = chain.wallet_factory,
+            settlement = opts.settlement,
+        );
+        let env = BTreeMap::from([(
+            "TEST_GAS_KEY".to_owned(),
+            alloy::hex::encode(gas_key.to_bytes()),
+        )]);
+        let config = Config::from_toml(&text, &env).unwrap();
+        let server = if opts.in_process {
+            Some(RunningServer::start(&config).await.unwrap())
+        } else {
+            None
+        };
+        Some(Harness {
+            chain,
+            config_text: text,
+            gas_key,
+            ledger_url,
+            _ledger_dir: ledger_dir,
+            server,
+            http: reqwest::Client::new(),
+            pay_to: Address::random(),
+            extra_token,
+            ghost_token,
+            not_3009_token,
+            unlisted_factory,
+        })
+    }
+
+    /// The in-process server's URL.
+    pub fn url(&self) -> String {
+        self.server.as_ref().expect("in-process server").url()
+    }
+
+    pub fn ledger(&self) -> &x402d::ledger::Ledger {
+        self.server
+            .as_ref()
+            .expect("in-process server")
+            .facilitator
+            .ledger()
+    }
+
+    /// The environment the config refers to.
+    pub fn config_env(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(
+            "TEST_GAS_KEY".to_owned(),
+            alloy::hex::encode(self.gas_key.to_bytes()),
+        )])
+    }
+
+    pub async fn settle(&self, body: &Value) -> (u16, Value) {
+        self.post("/settle", serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    pub async fn usdc_balance(&self, who: Address) -> U256 {
+        self.chain.balance_of(self.chain.usdc, who).await.unwrap()
+    }
+
+    /// Fresh payers, each holding exactly `amount`.
+    pub async fn funded_payers(&self, n: usize, amount: u64) -> Vec<PrivateKeySigner> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.funded_payer(amount).await);
+        }
+        out
+    }
+
+    /// A fresh payer holding `amount` of the test USDC.
+    pub async fn funded_payer(&self, amount: u64) -> PrivateKeySigner {
+        let payer = PrivateKeySigner::random();
+        if amount > 0 {
+            self.chain
+                .mint(self.chain.usdc, payer.address(), U256::from(amount))
+                .await
+                .unwrap();
+        }
+        payer
+    }
+
+    /// A v2 requirement for `amount` of the test USDC to `pay_to`.
+    pub fn requirement(&self, amount: u64) -> RequirementsV2 {
+        RequirementsV2 {
+            scheme: "exact".into(),
+            network: format!("eip155:{CHAIN_ID}"),
+            amount: AtomicAmount::from_u64(amount),
+            asset: self.chain.usdc,
+            pay_to: self.pay_to,
+            max_timeout_seconds: 60,
+            extra: Some(ExactExtra {
+                name: Some(self.chain.usdc_name.clone()),
+                version: Some("2".into()),
+                asset_transfer_method: None,
+            }),
+        }
+    }
+
+    /// Signs the usual terms of `req` as `signer`, with the domain the requirement names.
+    pub fn sign(&self, signer: &PrivateKeySigner, req: &RequirementsV2) -> ExactEvmPayload {
+        let terms = AuthorizationTerms::for_requirement(
+            req.pay_to,
+            req.amount,
+            req.max_timeout_seconds,
+            now(),
+        );
+        self.sign_terms(signer, req, &terms)
+    }
+
+    pub fn sign_terms(
+        &self,
+        signer: &PrivateKeySigner,
+        req: &RequirementsV2,
+        terms: &AuthorizationTerms,
+    ) -> ExactEvmPayload {
+        let extra = req.extra.clone().unwrap_or_default();
+        sign_authorization(
+            signer,
+            ChainId(CHAIN_ID),
+            req.asset,
+            extra.name.as_deref().unwrap_or(""),
+            extra.version.as_deref().unwrap_or(""),
+            terms,
+        )
+        .unwrap()
+    }
+
+    /// The `/verify` body of version 1 or 2 for a (v2-shaped) requirement.
+    pub fn body(&self, version: u8, req: &RequirementsV2, payload: &ExactEvmPayload) -> Value {
+        if version == 2 {
+            return facilitator_body(
+                2,
+                payload_v2(req, payload),
+                serde_json::to_value(req).unwrap(),
+            );
+        }
+        let v1 = to_v1(req);
+        facilitator_body(
+            1,
+            payload_v1(&v1, payload),
+            serde_json::to_value(&v1).unwrap(),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn verify(&self, body: &Value) -> (u16, Value) {
+        self.post("/verify", serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    /// Asserts the payment verifies under v2 and v1.
+    pub async fn expect_valid(&self, req: &RequirementsV2, payload: &ExactEvmPayload) {
+        for version in [2, 1] {
+            let (status, answer) = self.verify(&self.body(version, req, payload)).await;
+            assert_eq!(status, 200, "v{version}: {answer}");
+            assert_eq!(answer["isValid"], true, "v{version}: {answer}");
+            assert_eq!(
+                answer["payer"],
+                payload.authorization.from.to_checksum(None),
+                "v{version}"
+            );
+        }
+    }
+
+    /// Asserts the payment is refused under v2 and v1 with these reason names, `payer` filled.
+    /// Returns the v2 message.
+    pub async fn expect_invalid(
+        &self,
+        req: &RequirementsV2,
+        payload: &ExactEvmPayload,
+        v2: &str,
+        v1: &str,
+    ) -> String {
+        let mut message = String::new();
+        for (version, reason) in [(2, v2), (1, v1)] {
+            let (status, answer) = self.verify(&self.body(version, req, payload)).await;
+            assert_eq!(status, 200, "v{version}: {answer}");
+            assert_eq!(answer["isValid"], false, "v{version}: {answer}");
+            assert_eq!(answer["invalidReason"], reason, "v{version}: {answer}");
+            assert_eq!(
+                answer["payer"],
+                payload.authorization.from.to_checksum(None),
+                "v{version}: {answer}"
+            );
+            if version == 2 {
+                message = answer["invalidMessage"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        }
+        message
+    }
+}
+
+/// The v1 form of a v2 requirement (Base Sepolia is `base-sepolia` in v1).
+pub fn to_v1(req: &RequirementsV2) -> RequirementsV1 {
+    let network = match req.network.as_str() {
+        "eip155:84532" => "base-sepolia".to_owned(),
+        "eip155:8453" => "base".to_owned(),
+        other => other.replace("eip155:", "chain-"),
+    };
+    RequirementsV1 {
+        scheme: req.scheme.clone(),
+        network,
+        max_amount_required: req.amount,
+        resource: "http://127.0.0.1/paid".into(),
+        description: "test".into(),
+        mime_type: "application/json".into(),
+        output_schema: None,
+        pay_to: req.pay_to,
+        max_timeout_seconds: req.max_timeout_seconds,
+        asset: req.asset,
+        extra: req.extra.clone(),
+    }
+}
+
+pub fn random_nonce() -> B256 {
+    B256::random()
+}

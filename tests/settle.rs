@@ -1,0 +1,296 @@
+//! `/settle` against a real anvil, on SQLite and on PostgreSQL: batching, idempotency, failures
+//! found before broadcast, pending answers, and authorizations settled by someone else.
+
+mod common;
+
+use std::collections::HashSet;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::ext::AnvilApi;
+use common::*;
+use futures::future::join_all;
+use serde_json::Value;
+use x402d::ledger::TxStatus;
+
+/// Runs a scenario on both ledger backends.
+macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$scenario(Backend::Postgres).await
+            }
+        }
+    };
+}
+
+async fn harness(backend: Backend, settlement: &str) -> Option<Harness> {
+    Harness::start_with(HarnessOptions {
+        backend,
+        settlement: settlement.into(),
+        ..Default::default()
+    })
+    .await
+}
+
+fn tx_of(answer: &Value) -> String {
+    answer["transaction"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every transaction we sent was mined and succeeded.
+async fn assert_no_reverted_transactions(h: &Harness) -> usize {
+    let txs = h.ledger().transactions(CHAIN_ID).await.unwrap();
+    for t in &txs {
+        assert_eq!(
+            t.status,
+            TxStatus::Mined,
+            "transaction {} is {:?}",
+            t.tx_hash,
+            t.status
+        );
+        let receipt = alloy::providers::Provider::get_transaction_receipt(
+            h.chain.provider(),
+            t.tx_hash.parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            receipt.status(),
+            "transaction {} reverted on chain",
+            t.tx_hash
+        );
+    }
+    txs.len()
+}
+
+on_both_backends!(two_hundred_concurrent_payments_settle_in_few_transactions);
+async fn two_hundred_concurrent_payments_settle_in_few_transactions(backend: Backend) {
+    let Some(h) = harness(backend, "").await else {
+        return;
+    };
+    let payers = h.funded_payers(200, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies: Vec<Value> = payers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| h.body(if i % 2 == 0 { 2 } else { 1 }, &req, &h.sign(p, &req)))
+        .collect();
+    let answers = join_all(bodies.iter().map(|b| h.settle(b))).await;
+    let mut hashes = HashSet::new();
+    for (i, (status, a)) in answers.iter().enumerate() {
+        assert_eq!(*status, 200, "{a}");
+        assert_eq!(a["success"], true, "{a}");
+        assert_eq!(a["payer"], payers[i].address().to_checksum(None));
+        let network = if i % 2 == 0 {
+            "eip155:84532"
+        } else {
+            "base-sepolia"
+        };
+        assert_eq!(a["network"], network, "{a}");
+        hashes.insert(tx_of(a));
+    }
+    assert!(
+        hashes.len() < 10,
+        "200 payments took {} transactions",
+        hashes.len()
+    );
+    for p in &payers {
+        assert_eq!(
+            h.usdc_balance(p.address()).await,
+            U256::ZERO,
+            "payer debited exactly once"
+        );
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(200 * ONE_CENT));
+    assert_eq!(assert_no_reverted_transactions(&h).await, hashes.len());
+}
+
+on_both_backends!(fifty_copies_of_one_payload_broadcast_once);
+async fn fifty_copies_of_one_payload_broadcast_once(backend: Backend) {
+    let Some(h) = harness(backend, "").await else {
+        return;
+    };
+    let payer = h.funded_payer(ONE_CENT * 5).await;
+    let req = h.requirement(ONE_CENT);
+    let body = h.body(2, &req, &h.sign(&payer, &req));
+    let answers = join_all((0..50).map(|_| h.settle(&body))).await;
+    let first = tx_of(&answers[0].1);
+    assert!(
+        first.starts_with("0x") && first.len() == 66,
+        "{}",
+        answers[0].1
+    );
+    for (status, a) in &answers {
+        assert_eq!(
+            (*status, a["success"].clone()),
+            (200, Value::Bool(true)),
+            "{a}"
+        );
+        assert_eq!(tx_of(a), first, "every copy gets the same transaction");
+    }
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(ONE_CENT * 4),
+        "debited once"
+    );
+    assert_eq!(
+        assert_no_reverted_transactions(&h).await,
+        1,
+        "exactly one broadcast"
+    );
+    // And a 51st copy after the fact answers from the ledger.
+    let (_, again) = h.settle(&body).await;
+    assert_eq!(
+        (again["success"].clone(), tx_of(&again)),
+        (Value::Bool(true), first)
+    );
+    // A different payload reusing the same key is a used nonce.
+    let mut other = body.clone();
+    other["paymentPayload"]["payload"]["signature"] =
+        Value::String(format!("0x{}", "11".repeat(65)));
+    let (status, answer) = h.settle(&other).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        answer["errorReason"], "invalid_exact_evm_nonce_already_used",
+        "{answer}"
+    );
+}
+
+on_both_backends!(a_payer_who_spent_the_balance_fails_alone_before_broadcast);
+async fn a_payer_who_spent_the_balance_fails_alone_before_broadcast(backend: Backend) {
+    let Some(h) = harness(backend, "batch_window_ms = 1500").await else {
+        return;
+    };
+    let payers = h.funded_payers(5, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies: Vec<Value> = payers
+        .iter()
+        .map(|p| h.body(2, &req, &h.sign(p, &req)))
+        .collect();
+    let settles = join_all(bodies.iter().map(|b| h.settle(b)));
+    let spend = async {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        // payers[0] pays someone else directly before the batch forms.
+        let mut elsewhere = h.requirement(ONE_CENT);
+        elsewhere.pay_to = Address::random();
+        let p = h.sign(&payers[0], &elsewhere);
+        h.chain
+            .call(
+                h.chain.usdc,
+                x402d::exact::transfer_bytes(&p.authorization, &p.signature).to_vec(),
+            )
+            .await
+            .unwrap();
+    };
+    let (answers, ()) = tokio::join!(settles, spend);
+    assert_eq!(answers[0].1["success"], false, "{}", answers[0].1);
+    assert_eq!(
+        answers[0].1["errorReason"], "invalid_exact_evm_insufficient_balance",
+        "{}",
+        answers[0].1
+    );
+    assert_eq!(
+        answers[0].1["transaction"], "",
+        "nothing was broadcast for it"
+    );
+    for (_, a) in &answers[1..] {
+        assert_eq!(a["success"], true, "{a}");
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(4 * ONE_CENT));
+    assert_eq!(assert_no_reverted_transactions(&h).await, 1);
+}
+
+on_both_backends!(paused_mining_answers_pending_with_the_hash_then_success);
+async fn paused_mining_answers_pending_with_the_hash_then_success(backend: Backend) {
+    let Some(h) = harness(backend, "settle_timeout_seconds = 2").await else {
+        return;
+    };
+    let payer = h.funded_payer(ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let body = h.body(2, &req, &h.sign(&payer, &req));
+    h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
+    let (status, pending) = h.settle(&body).await;
+    assert_eq!(status, 200);
+    assert_eq!(pending["success"], false, "{pending}");
+    assert_eq!(pending["errorReason"], "settlement_pending", "{pending}");
+    let hash = tx_of(&pending);
+    assert_eq!(
+        hash.len(),
+        66,
+        "a pending answer always carries the hash: {pending}"
+    );
+    h.chain.provider().evm_mine(None).await.unwrap();
+    let (_, done) = h.settle(&body).await;
+    assert_eq!(done["success"], true, "{done}");
+    assert_eq!(tx_of(&done), hash);
+    assert_eq!(h.usdc_balance(payer.address()).await, U256::ZERO);
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(ONE_CENT));
+    h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
+    assert_eq!(assert_no_reverted_transactions(&h).await, 1);
+}
+
+on_both_backends!(an_authorization_settled_by_a_third_party_reports_its_transaction);
+async fn an_authorization_settled_by_a_third_party_reports_its_transaction(backend: Backend) {
+    let Some(h) = harness(backend, "").await else {
+        return;
+    };
+    let payer = h.funded_payer(ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let p = h.sign(&payer, &req);
+    let receipt = h
+        .chain
+        .call(
+            h.chain.usdc,
+            x402d::exact::transfer_bytes(&p.authorization, &p.signature).to_vec(),
+        )
+        .await
+        .unwrap();
+    let (status, a) = h.settle(&h.body(2, &req, &p)).await;
+    assert_eq!(status, 200);
+    assert_eq!(a["success"], true, "{a}");
+    assert_eq!(tx_of(&a), format!("{:#x}", receipt.transaction_hash));
+    assert_eq!(
+        assert_no_reverted_transactions(&h).await,
+        0,
+        "we sent nothing"
+    );
+}
+
+#[tokio::test]
+async fn settle_rejects_bad_input_like_verify() {
+    let h = Harness::start().await;
+    let (status, a) = h.post("/settle", "{oops").await;
+    assert_eq!(
+        (status, a["error"].clone()),
+        (400, Value::String("invalid_json".into()))
+    );
+    let (status, _) = h.post("/settle", vec![b'x'; 1024 * 1024]).await;
+    assert_eq!(status, 413);
+    let payer = h.funded_payer(ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let mut short_nonce = h.body(2, &req, &h.sign(&payer, &req));
+    short_nonce["paymentPayload"]["payload"]["authorization"]["nonce"] =
+        Value::String(format!("0x{}", "ab".repeat(31)));
+    let (status, _) = h.settle(&short_nonce).await;
+    assert_eq!(status, 400);
+    // An invalid payment is a 200 with success:false, transaction and network present.
+    let mut underpaid = h.requirement(ONE_CENT);
+    underpaid.amount = x402d::protocol::AtomicAmount::from_u64(ONE_CENT * 2);
+    let (status, a) = h
+        .settle(&h.body(2, &underpaid, &h.sign(&payer, &req)))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(a["success"], false);
+    assert_eq!(a["transaction"], "");
+    assert_eq!(a["network"], "eip155:84532");
+    assert_eq!(a["payer"], payer.address().to_checksum(None));
+}
