@@ -8,6 +8,7 @@ pub mod bench;
 pub mod chain;
 pub mod client;
 pub mod config;
+pub mod db;
 pub mod devchain;
 pub mod devmode;
 pub mod exact;

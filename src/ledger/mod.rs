@@ -3,22 +3,22 @@
 //! queries. Never calls the chain.
 
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+pub use crate::db::now_ms;
+use crate::db::placeholders;
 
 /// A ledger failure. Always our fault (answered 5xx), never the client's.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("migrations: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Open(#[from] crate::db::DbError),
     #[error("ledger row is corrupt: {0}")]
     Corrupt(String),
-    #[error("unsupported database URL {0:?}: use sqlite:// or postgres://")]
-    UnsupportedUrl(String),
 }
 
 /// Where a payment is in its life.
@@ -208,24 +208,10 @@ pub struct Ledger {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 const PAYMENT_COLUMNS: &str = "id, chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, request_json, \
      deploy_target, deploy_calldata, transfer_calldata, state, fail_reason, fail_message, batch_id, tx_hash, block_number, created_at";
 
 const TX_COLUMNS: &str = "id, batch_id, chain_id, wallet, nonce, raw_tx, tx_hash, gas_limit, status, gas_used, block_number, created_at";
-
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 fn u64_of(row: &AnyRow, col: &str) -> Result<u64, LedgerError> {
     let v: i64 = row.try_get(col)?;
@@ -288,45 +274,9 @@ fn transaction_of(row: &AnyRow) -> Result<Transaction, LedgerError> {
 impl Ledger {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Ledger, LedgerError> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-            return Err(LedgerError::UnsupportedUrl(url.to_owned()));
-        }
-        let url = if sqlite {
-            sqlite_url(url)?
-        } else {
-            url.to_owned()
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 8 } else { 16 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets readers run beside the writer; FULL makes each commit durable
-                        // before we act on it (a payment state is written before its side effect).
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = FULL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        if sqlite {
-            sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        } else {
-            sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        }
-        Ok(Ledger { pool })
+        Ok(Ledger {
+            pool: crate::db::open(url).await?,
+        })
     }
 
     /// Claims a payment's key. The unique key makes concurrent claims of one authorization agree on a
@@ -742,31 +692,6 @@ impl Ledger {
 }
 
 /// A SQLite URL that creates the file (and its directory) when missing.
-fn sqlite_url(url: &str) -> Result<String, LedgerError> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let file = path.split('?').next().unwrap_or_default();
-    if file.is_empty() || file == ":memory:" {
-        return Err(LedgerError::UnsupportedUrl(format!(
-            "{url} (the ledger must be a file: it is the durable record)"
-        )));
-    }
-    if let Some(dir) = std::path::Path::new(file)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|e| LedgerError::Database(sqlx::Error::Io(e)))?;
-    }
-    Ok(if url.contains("mode=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    })
-}
-
 async fn event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: i64,

@@ -68,6 +68,43 @@ impl FromStr for AtomicAmount {
     }
 }
 
+/// Converts a dollar price such as `"0.01"` or `"100"` into atomic units of a token with
+/// `decimals` decimals, refusing more precision than the token has.
+pub fn dollars_to_atomic(price: &str, decimals: u8) -> Result<AtomicAmount, String> {
+    let (whole, frac) = price.split_once('.').unwrap_or((price, ""));
+    if whole.is_empty()
+        || frac.len() > usize::from(decimals)
+        || (price.contains('.') && frac.is_empty())
+    {
+        return Err(format!(
+            "{price:?} is not a price with at most {decimals} decimals"
+        ));
+    }
+    let padded = format!("{whole}{frac:0<width$}", width = usize::from(decimals));
+    let digits = padded.trim_start_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    parse_decimal_u256(digits)
+        .map(AtomicAmount)
+        .map_err(|_| format!("{price:?} is not a decimal price"))
+}
+
+/// Formats atomic units as a dollar amount (`10000` with 6 decimals → `"0.01"`).
+pub fn atomic_to_dollars(amount: AtomicAmount, decimals: u8) -> String {
+    let s = amount.0.to_string();
+    let d = usize::from(decimals);
+    let (whole, frac) = if s.len() > d {
+        (s[..s.len() - d].to_owned(), s[s.len() - d..].to_owned())
+    } else {
+        ("0".to_owned(), format!("{s:0>d$}"))
+    };
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        whole
+    } else {
+        format!("{whole}.{frac}")
+    }
+}
+
 /// Parses a plain decimal (no sign, no exponent, no hex) into a `U256`, at most 78 digits.
 pub fn parse_decimal_u256(s: &str) -> Result<U256, String> {
     if s.is_empty() || s.len() > 78 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -189,6 +226,24 @@ pub const BUILTIN_V1_NAMES: &[(&str, u64)] = &[("base", 8453), ("base-sepolia", 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollar_prices_convert_exactly() {
+        for (price, atomic) in [
+            ("0.01", 10_000u64),
+            ("100", 100_000_000),
+            ("2.45", 2_450_000),
+            ("0", 0),
+            ("0.000001", 1),
+        ] {
+            let a = dollars_to_atomic(price, 6).unwrap();
+            assert_eq!(a, AtomicAmount::from_u64(atomic), "{price}");
+            assert_eq!(atomic_to_dollars(a, 6), price);
+        }
+        for bad in ["", ".5", "1.", "0.0000001", "-1", "1e2", "1,5", "abc"] {
+            assert!(dollars_to_atomic(bad, 6).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn amounts_are_strict_decimals() {
