@@ -125,3 +125,201 @@ pub fn payload_v1(req: &RequirementsV1, payload: &ExactEvmPayload) -> Value {
 pub fn facilitator_body(version: u8, payment_payload: Value, requirements: Value) -> Value {
     json!({"x402Version": version, "paymentPayload": payment_payload, "paymentRequirements": requirements})
 }
+
+/// What `x402d pay` (and the tests and bench) asks for.
+#[derive(Debug, Clone)]
+pub struct PayRequest {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub body: Option<String>,
+    /// Extra request headers (e.g. `Authorization`).
+    pub headers: Vec<(String, String)>,
+    /// Only offers on this network (CAIP-2 or v1 name).
+    pub network: Option<String>,
+    /// Only offers in this token.
+    pub asset: Option<Address>,
+    /// The most the client will pay, in dollars.
+    pub max_amount: String,
+    /// Pay with x402 v1 (`X-PAYMENT`) even when the server offers v2.
+    pub force_v1: bool,
+}
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct PayOutcome {
+    pub status: u16,
+    pub body: String,
+    /// The offer paid, if a payment was made.
+    pub paid: Option<RequirementsV2>,
+    /// The decoded `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE`.
+    pub receipt: Option<crate::protocol::wire::SettleResponse>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayError {
+    #[error("request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("the 402 answer is unreadable: {0}")]
+    BadPaymentRequired(String),
+    #[error("no offer matches (offered: {0})")]
+    NoOffer(String),
+    #[error("the price {price} is above --max-amount {max}; not paying")]
+    TooExpensive { price: String, max: String },
+    #[error("--max-amount: {0}")]
+    MaxAmount(String),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
+
+/// Decimals of a token: the built-in USDC has 6, as do the EIP-3009 tokens x402 is used with.
+fn decimals_of(_req: &RequirementsV2) -> u8 {
+    6
+}
+
+/// Requests `url`; on a 402, picks an offer it may pay, signs an EIP-3009 authorization for it,
+/// retries with the payment header, and returns the answer with the decoded settlement receipt.
+pub async fn pay(
+    http: &reqwest::Client,
+    signer: &PrivateKeySigner,
+    req: &PayRequest,
+) -> Result<PayOutcome, PayError> {
+    use crate::protocol::decode_header;
+    use crate::protocol::primitives::{atomic_to_dollars, dollars_to_atomic};
+    use crate::protocol::wire::PaymentRequiredV2;
+
+    let send = |payment: Option<(&'static str, String)>| {
+        let mut r = http.request(req.method.clone(), &req.url);
+        for (k, v) in &req.headers {
+            r = r.header(k, v);
+        }
+        if let Some(body) = &req.body {
+            r = r
+                .header("content-type", "application/json")
+                .body(body.clone());
+        }
+        if let Some((name, value)) = payment {
+            r = r.header(name, value);
+        }
+        r.send()
+    };
+    let first = send(None).await?;
+    if first.status() != reqwest::StatusCode::PAYMENT_REQUIRED {
+        let status = first.status().as_u16();
+        return Ok(PayOutcome {
+            status,
+            body: first.text().await?,
+            paid: None,
+            receipt: None,
+        });
+    }
+    let header = first
+        .headers()
+        .get("payment-required")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = first.text().await?;
+    let (offers, resource, v1_only): (Vec<RequirementsV2>, Option<Value>, bool) = match header {
+        Some(h) => {
+            let pr: PaymentRequiredV2 =
+                decode_header(&h).map_err(|e| PayError::BadPaymentRequired(e.to_string()))?;
+            let resource = serde_json::to_value(&pr.resource).ok();
+            (pr.accepts, resource, false)
+        }
+        None => {
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| PayError::BadPaymentRequired(e.to_string()))?;
+            if v["x402Version"] == 1 {
+                let accepts: Vec<RequirementsV1> = serde_json::from_value(v["accepts"].clone())
+                    .map_err(|e| PayError::BadPaymentRequired(e.to_string()))?;
+                let as_v2 = accepts.iter().filter_map(v1_as_v2).collect();
+                (as_v2, None, true)
+            } else {
+                let pr: PaymentRequiredV2 = serde_json::from_value(v)
+                    .map_err(|e| PayError::BadPaymentRequired(e.to_string()))?;
+                let resource = serde_json::to_value(&pr.resource).ok();
+                (pr.accepts, resource, false)
+            }
+        }
+    };
+    let offered: Vec<String> = offers
+        .iter()
+        .map(|o| format!("{} {} {}", o.network, o.asset, o.amount))
+        .collect();
+    let matches_network = |o: &RequirementsV2| match &req.network {
+        None => true,
+        Some(n) => &o.network == n || v1_name(&o.network).as_deref() == Some(n.as_str()),
+    };
+    let offer = offers
+        .into_iter()
+        .find(|o| {
+            o.scheme == "exact"
+                && matches_network(o)
+                && req.asset.is_none_or(|a| a == o.asset)
+                && (!req.force_v1 || v1_name(&o.network).is_some())
+        })
+        .ok_or_else(|| PayError::NoOffer(offered.join("; ")))?;
+    let decimals = decimals_of(&offer);
+    let max = dollars_to_atomic(&req.max_amount, decimals).map_err(PayError::MaxAmount)?;
+    if offer.amount > max {
+        return Err(PayError::TooExpensive {
+            price: format!("${}", atomic_to_dollars(offer.amount, decimals)),
+            max: format!("${}", req.max_amount),
+        });
+    }
+    let now = crate::db::now_ms().max(0) as u64 / 1000;
+    let signed = sign_for_v2(signer, &offer, now)?;
+    let (name, payload) = if req.force_v1 || v1_only {
+        let v1 = RequirementsV1 {
+            scheme: offer.scheme.clone(),
+            network: v1_name(&offer.network).unwrap_or_else(|| offer.network.clone()),
+            max_amount_required: offer.amount,
+            resource: req.url.clone(),
+            description: String::new(),
+            mime_type: "application/json".into(),
+            output_schema: None,
+            pay_to: offer.pay_to,
+            max_timeout_seconds: offer.max_timeout_seconds,
+            asset: offer.asset,
+            extra: offer.extra.clone(),
+        };
+        ("x-payment", payload_v1(&v1, &signed))
+    } else {
+        let mut p = payload_v2(&offer, &signed);
+        if let Some(r) = resource {
+            p["resource"] = r;
+        }
+        ("payment-signature", p)
+    };
+    let paid = send(Some((name, crate::protocol::encode_header(&payload)))).await?;
+    let status = paid.status().as_u16();
+    let receipt = ["payment-response", "x-payment-response"]
+        .iter()
+        .find_map(|h| paid.headers().get(*h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| decode_header(v).ok());
+    Ok(PayOutcome {
+        status,
+        body: paid.text().await?,
+        paid: Some(offer),
+        receipt,
+    })
+}
+
+/// The v1 name of a CAIP-2 network we know.
+fn v1_name(caip2: &str) -> Option<String> {
+    let id = ChainId::from_caip2(caip2)?;
+    crate::chain::builtin_v1_name(id.0).map(str::to_owned)
+}
+
+fn v1_as_v2(r: &RequirementsV1) -> Option<RequirementsV2> {
+    let chain = crate::chain::builtin_chain_of_v1_name(&r.network)?;
+    Some(RequirementsV2 {
+        scheme: r.scheme.clone(),
+        network: ChainId(chain).caip2(),
+        amount: r.max_amount_required,
+        asset: r.asset,
+        pay_to: r.pay_to,
+        max_timeout_seconds: r.max_timeout_seconds,
+        extra: r.extra.clone(),
+    })
+}

@@ -60,6 +60,126 @@ pub struct Config {
     pub ledger: LedgerConfig,
     #[serde(default)]
     pub settlement: SettlementSection,
+    /// The embedded Dial merchant (paid SMS and phone numbers). Off unless the section is present.
+    #[serde(default)]
+    pub dial: Option<DialConfig>,
+}
+
+/// The Dial merchant module.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialConfig {
+    /// Where payments go.
+    #[serde(deserialize_with = "deserialize_address")]
+    pub pay_to: Address,
+    /// A facilitator to use over HTTP instead of this process's own (any x402 facilitator).
+    #[serde(default)]
+    pub facilitator_url: Option<String>,
+    /// The public base URL of the merchant, used in resource URLs and SIWE messages; default: the
+    /// request's `Host`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// How long a payment authorization may stay open (`maxTimeoutSeconds` of every offer).
+    #[serde(default = "default_dial_timeout")]
+    pub max_timeout_seconds: u64,
+    /// Requests per minute per client IP on the Dial routes.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_minute: u32,
+    /// Texts a bought number may send per month before `numbers/mine/send` charges again.
+    #[serde(default = "default_text_quota")]
+    pub number_text_quota: u32,
+    /// Prices in US dollars, one entry per paid route (see the defaults).
+    #[serde(default)]
+    pub prices: DialPrices,
+    #[serde(default)]
+    pub provider: DialProvider,
+}
+
+/// Route prices in dollars, as decimal strings (`"0.01"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialPrices {
+    #[serde(default = "price_messages_send")]
+    pub messages_send: String,
+    #[serde(default = "price_sms_send")]
+    pub sms_send: String,
+    #[serde(default = "price_number")]
+    pub numbers_buy: String,
+    #[serde(default = "price_renew")]
+    pub numbers_renew: String,
+    #[serde(default = "price_esim")]
+    pub esim_checkout: String,
+    #[serde(default = "price_verification")]
+    pub verifications_start: String,
+    #[serde(default = "price_sms_send")]
+    pub numbers_mine_send: String,
+}
+
+impl Default for DialPrices {
+    fn default() -> Self {
+        DialPrices {
+            messages_send: price_messages_send(),
+            sms_send: price_sms_send(),
+            numbers_buy: price_number(),
+            numbers_renew: price_renew(),
+            esim_checkout: price_esim(),
+            verifications_start: price_verification(),
+            numbers_mine_send: price_sms_send(),
+        }
+    }
+}
+
+fn price_messages_send() -> String {
+    "0.01".into()
+}
+fn price_sms_send() -> String {
+    "0.05".into()
+}
+fn price_number() -> String {
+    "100".into()
+}
+fn price_renew() -> String {
+    "60".into()
+}
+fn price_esim() -> String {
+    "2.45".into()
+}
+fn price_verification() -> String {
+    "2.25".into()
+}
+fn default_dial_timeout() -> u64 {
+    120
+}
+fn default_rate_limit() -> u32 {
+    60
+}
+fn default_text_quota() -> u32 {
+    500
+}
+
+/// Who delivers: the built-in sandbox (records everything in the database) or Twilio.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum DialProvider {
+    #[default]
+    Sandbox,
+    Twilio(TwilioConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    pub account_sid: String,
+    pub auth_token: Secret,
+    /// The sender for `sms/send` and `messages/send` without `from`.
+    pub from_number: String,
+    /// Twilio's API root; tests point it at a local fake.
+    #[serde(default = "default_twilio_url")]
+    pub api_url: String,
+}
+
+fn default_twilio_url() -> String {
+    "https://api.twilio.com".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -317,6 +437,9 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
+        if let Some(dial) = &self.dial {
+            dial.validate()?;
+        }
         self.gas_wallet_signers().map(|_| ())
     }
 
@@ -453,6 +576,47 @@ fn expand_string(s: &str, env: &BTreeMap<String, String>) -> Result<String, Stri
     }
     out.push_str(rest);
     Ok(out)
+}
+
+impl DialConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.prices;
+        for (key, price) in [
+            ("messages_send", &p.messages_send),
+            ("sms_send", &p.sms_send),
+            ("numbers_buy", &p.numbers_buy),
+            ("numbers_renew", &p.numbers_renew),
+            ("esim_checkout", &p.esim_checkout),
+            ("verifications_start", &p.verifications_start),
+            ("numbers_mine_send", &p.numbers_mine_send),
+        ] {
+            crate::protocol::primitives::dollars_to_atomic(price, 6)
+                .map_err(|e| key_error(format!("dial.prices.{key}"), e))?;
+        }
+        for (key, url) in [
+            ("dial.facilitator_url", &self.facilitator_url),
+            ("dial.public_url", &self.public_url),
+        ] {
+            if let Some(url) = url
+                && !reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            {
+                return Err(key_error(key, format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if self.max_timeout_seconds < 30 {
+            return Err(key_error(
+                "dial.max_timeout_seconds",
+                "must be at least 30 (settlement needs time)",
+            ));
+        }
+        if self.rate_limit_per_minute == 0 {
+            return Err(key_error(
+                "dial.rate_limit_per_minute",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub struct DevOptions {
     pub chain_id: u64,
     pub payers: usize,
     pub env_out: Option<PathBuf>,
+    /// The ledger (and Dial's records); a fresh file per run by default.
+    pub ledger_url: String,
 }
 
 /// The environment `x402d dev` created, as `--env-out` writes it.
@@ -64,7 +66,9 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     }
     let pay_to = PrivateKeySigner::random().address();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n[exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [\"$X402D_DEV_GAS_KEY\"]\n",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n[exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [\"$X402D_DEV_GAS_KEY\"]\n[ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\n",
+        ledger = opts.ledger_url,
+        pay_to = pay_to,
         port = opts.port,
         chain_id = opts.chain_id,
         rpc = chain.rpc_url(),
@@ -98,9 +102,15 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
 
 /// What to try next, printed by `x402d dev`.
 pub fn next_steps(env: &DevEnvironment) -> String {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "x402d".into());
+    let key = env.payer_keys.first().map(String::as_str).unwrap_or("0x…");
     format!(
-        "x402d dev is running\n  facilitator  {f}\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallet   {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {f}/health\n\nCtrl-C stops everything.\n",
+        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallet   {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
         f = env.facilitator_url,
+        m = env.merchant_url,
+        pay_to = env.pay_to,
         rpc = env.rpc_url,
         id = env.chain_id,
         usdc = env.usdc,

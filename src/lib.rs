@@ -15,6 +15,7 @@ pub mod exact;
 pub mod facilitator;
 pub mod http;
 pub mod ledger;
+pub mod merchant;
 pub mod protocol;
 pub mod server;
 pub mod settlement;

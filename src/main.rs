@@ -44,11 +44,44 @@ enum Command {
         /// Write the environment (URLs, addresses, keys) as JSON to this file.
         #[arg(long)]
         env_out: Option<PathBuf>,
+        /// Ledger database; default: a fresh SQLite file under x402d-data/ (the dev chain is new
+        /// each run, so old records would describe a chain that no longer exists).
+        #[arg(long)]
+        ledger_url: Option<String>,
     },
     /// Load tests against a local chain this command sets up (needs `wrk`).
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+    /// Pay for an x402 resource: request it, sign the offered EIP-3009 authorization, retry, print
+    /// the answer and the decoded settlement receipt.
+    Pay {
+        /// The URL of the paid resource.
+        url: String,
+        #[arg(short = 'X', long = "request", default_value = "GET")]
+        method: String,
+        /// A JSON request body.
+        #[arg(short = 'd', long = "data")]
+        data: Option<String>,
+        /// Extra header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Only pay on this network (CAIP-2 id or v1 name).
+        #[arg(long)]
+        network: Option<String>,
+        /// Only pay in this token.
+        #[arg(long)]
+        asset: Option<String>,
+        /// The most to pay, in dollars.
+        #[arg(long, default_value = "1")]
+        max_amount: String,
+        /// Pay with x402 v1 (`X-PAYMENT`).
+        #[arg(long)]
+        v1: bool,
+        /// A file holding the payer's private key (default: the X402D_PAYER_KEY variable).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Apply the ledger migrations (also done at start-up) and exit.
     Migrate {
@@ -130,12 +163,20 @@ async fn main() -> anyhow::Result<()> {
             chain_id,
             payers,
             env_out,
+            ledger_url,
         } => {
+            let ledger_url = ledger_url.unwrap_or_else(|| {
+                format!(
+                    "sqlite://x402d-data/dev-{}.db",
+                    x402d::facilitator::unix_now()
+                )
+            });
             let opts = x402d::devmode::DevOptions {
                 port,
                 chain_id,
                 payers,
                 env_out,
+                ledger_url,
             };
             let stack = x402d::devmode::start(&opts).await?;
             println!("{}", x402d::devmode::next_steps(&stack.env));
@@ -194,6 +235,66 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let points = x402d::bench::gas_per_batch(&sizes).await?;
             println!("{}", serde_json::to_string_pretty(&points)?);
+        }
+        Command::Pay {
+            url,
+            method,
+            data,
+            headers,
+            network,
+            asset,
+            max_amount,
+            v1,
+            key_file,
+        } => {
+            let key = match key_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+                None => std::env::var("X402D_PAYER_KEY").context(
+                    "set X402D_PAYER_KEY to the payer's private key, or pass --key-file",
+                )?,
+            };
+            let signer: alloy::signers::local::PrivateKeySigner = key
+                .trim()
+                .parse()
+                .context("the payer key is not a hex private key")?;
+            let headers = headers
+                .iter()
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .with_context(|| format!("header {h:?} is not `Name: value`"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let asset = asset
+                .map(|a| x402d::protocol::primitives::parse_address(&a))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--asset: {e}"))?;
+            let request = x402d::client::PayRequest {
+                method: method.parse().context("bad -X method")?,
+                url,
+                body: data,
+                headers,
+                network,
+                asset,
+                max_amount,
+                force_v1: v1,
+            };
+            let outcome = x402d::client::pay(&reqwest::Client::new(), &signer, &request).await?;
+            eprintln!("HTTP {}", outcome.status);
+            if let Some(offer) = &outcome.paid {
+                eprintln!(
+                    "paid {} (atomic) of {} on {} to {}",
+                    offer.amount, offer.asset, offer.network, offer.pay_to
+                );
+            }
+            if let Some(receipt) = &outcome.receipt {
+                eprintln!("receipt: {}", serde_json::to_string(receipt)?);
+            }
+            println!("{}", outcome.body);
+            if outcome.status >= 400 {
+                std::process::exit(1);
+            }
         }
         Command::Migrate { config } => {
             let config = x402d::config::Config::load(&config)?;

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::facilitator::{BuildError, Facilitator};
+use crate::merchant::{Dial, DialStartError};
 
 /// A running x402d: its address and a handle to stop it.
 pub struct RunningServer {
@@ -20,6 +21,8 @@ pub struct RunningServer {
 pub enum ServeError {
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Dial(#[from] DialStartError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -31,7 +34,11 @@ impl RunningServer {
     /// Builds the service from `config` and starts serving on `config.server.listen` (port 0 picks one).
     pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
         let facilitator = Arc::new(Facilitator::start(config).await?);
-        let app = crate::http::router(facilitator.clone(), config.server.body_limit_bytes);
+        let mut app = crate::http::router(facilitator.clone(), config.server.body_limit_bytes);
+        if let Some(dial) = &config.dial {
+            let dial = Dial::start(config, dial, Some(facilitator.clone())).await?;
+            app = app.merge(dial.router());
+        }
         let listen = config.server.listen;
         let listener = TcpListener::bind(listen)
             .await
@@ -45,11 +52,15 @@ impl RunningServer {
         })?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
+            // The peer address feeds Dial's per-IP rate limit.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
         });
         Ok(RunningServer {
             addr,

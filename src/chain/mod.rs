@@ -46,6 +46,22 @@ pub fn builtin_usdc(chain_id: u64) -> Option<(Address, &'static str, &'static st
         .map(|b| (b.usdc, b.eip712_name, "2"))
 }
 
+/// The v1 name of a built-in chain (`base`, `base-sepolia`).
+pub fn builtin_v1_name(chain_id: u64) -> Option<&'static str> {
+    BUILTIN_NETWORKS
+        .iter()
+        .find(|b| b.chain_id == chain_id)
+        .map(|b| b.v1_name)
+}
+
+/// The chain id of a built-in v1 network name.
+pub fn builtin_chain_of_v1_name(name: &str) -> Option<u64> {
+    BUILTIN_NETWORKS
+        .iter()
+        .find(|b| b.v1_name == name)
+        .map(|b| b.chain_id)
+}
+
 /// An EIP-3009 token we serve.
 #[derive(Debug)]
 pub struct Token {

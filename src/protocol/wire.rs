@@ -73,7 +73,7 @@ pub struct ResourceInfo {
 }
 
 /// The v2 `PAYMENT-REQUIRED` object.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRequiredV2 {
     pub x402_version: X402Version,

@@ -74,6 +74,8 @@ pub struct HarnessOptions {
     pub block_time: Option<u64>,
     /// Run x402d inside the test process (false: the test starts the binary itself).
     pub in_process: bool,
+    /// Enable Dial with these extra `[dial]` keys (`pay_to` is the harness's).
+    pub dial: Option<String>,
 }
 
 impl Default for HarnessOptions {
@@ -83,6 +85,7 @@ impl Default for HarnessOptions {
             settlement: String::new(),
             block_time: None,
             in_process: true,
+            dial: None,
         }
     }
 }
@@ -133,6 +136,11 @@ impl Harness {
             .fund_eth(gas_key.address(), U256::from(10u128.pow(20)))
             .await
             .unwrap();
+        let pay_to = Address::random();
+        let dial = match &opts.dial {
+            Some(extra) => format!("[dial]\npay_to = \"{pay_to}\"\n{extra}\n"),
+            None => String::new(),
+        };
         let text = format!(
             r#"
             [server]
@@ -163,6 +171,7 @@ impl Harness {
             url = "{ledger_url}"
             [settlement]
             {settlement}
+            {dial}
             "#,
             rpc = chain.rpc_url(),
             factory = chain.wallet_factory,
@@ -186,7 +195,7 @@ impl Harness {
             _ledger_dir: ledger_dir,
             server,
             http: reqwest::Client::new(),
-            pay_to: Address::random(),
+            pay_to,
             extra_token,
             ghost_token,
             not_3009_token,

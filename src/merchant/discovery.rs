@@ -1,0 +1,141 @@
+//! Discovery, generated from the same route table as the paywall: Dial's own listing, the Bazaar
+//! catalogue shape, `/.well-known/x402` and OpenAPI.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Dial;
+use super::catalogue::{FREE_ROUTES, PAID_ROUTES, PaidRoute};
+use super::paywall::{Price, dial_error};
+
+fn price_of(dial: &Dial, route: &PaidRoute) -> Price {
+    Price {
+        dollars: route.price(&dial.config.prices).to_owned(),
+        description: route.summary.to_owned(),
+    }
+}
+
+/// `GET /api/v1/discovery`: every route, with prices and offers for the paid ones.
+pub async fn dial_discovery(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Response {
+    let paid: Vec<Value> = PAID_ROUTES
+        .iter()
+        .map(|r| {
+            let price = price_of(&dial, r);
+            json!({"method": "POST", "path": r.path, "url": dial.paywall.resource_url(&headers, r.path),
+                   "price": format!("${}", price.dollars), "description": r.summary,
+                   "paid": if r.always_paid { "always" } else { "past the monthly quota" },
+                   "input": (r.input)(), "output": (r.output)(), "accepts": dial.paywall.offers(&price)})
+        })
+        .collect();
+    let free: Vec<Value> = FREE_ROUTES
+        .iter()
+        .map(|r| json!({"method": r.method.to_uppercase(), "path": r.path, "description": r.summary, "bearer": r.bearer}))
+        .collect();
+    Json(json!({"success": true, "service": "Dial", "x402Version": 2, "paid": paid, "free": free}))
+        .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct BazaarQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /discovery/resources?type&limit&offset`: the Bazaar catalogue shape.
+pub async fn bazaar(
+    State(dial): State<Arc<Dial>>,
+    headers: HeaderMap,
+    Query(q): Query<BazaarQuery>,
+) -> Response {
+    if q.kind.as_deref().is_some_and(|k| k != "http") {
+        return dial_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "type must be http",
+        );
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let offset = q.offset.unwrap_or(0);
+    let items: Vec<Value> = PAID_ROUTES
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .map(|r| {
+            let price = price_of(&dial, r);
+            json!({"resource": dial.paywall.resource_url(&headers, r.path), "type": "http", "x402Version": 2,
+                   "accepts": dial.paywall.offers(&price), "lastUpdated": super::siwe::format_rfc3339(crate::db::now_ms() / 1000),
+                   "metadata": {"method": "POST", "description": r.summary, "input": (r.input)(), "output": (r.output)()}})
+        })
+        .collect();
+    Json(json!({"x402Version": 2, "items": items,
+                "pagination": {"limit": limit, "offset": offset, "total": PAID_ROUTES.len()}}))
+    .into_response()
+}
+
+/// `GET /.well-known/x402`.
+pub async fn well_known(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Response {
+    let resources: Vec<String> = PAID_ROUTES
+        .iter()
+        .map(|r| dial.paywall.resource_url(&headers, r.path))
+        .collect();
+    Json(
+        json!({"version": 1, "x402Version": 2, "resources": resources,
+                "discovery": dial.paywall.resource_url(&headers, "/discovery/resources"),
+                "openapi": dial.paywall.resource_url(&headers, "/openapi.json")}),
+    )
+    .into_response()
+}
+
+/// `GET /openapi.json`: OpenAPI 3.1 of every Dial route.
+pub async fn openapi(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Response {
+    let error = json!({"type": "object", "required": ["success", "error", "message"],
+        "properties": {"success": {"const": false}, "error": {"type": "string"}, "message": {"type": "string"}}});
+    let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    for r in PAID_ROUTES {
+        let price = price_of(&dial, r);
+        paths.entry(r.path.to_owned()).or_default().insert(
+            "post".into(),
+            json!({
+                "summary": r.summary,
+                "x-x402-price": format!("${}", price.dollars),
+                "x-x402-always-paid": r.always_paid,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": (r.input)()}}},
+                "responses": {
+                    "200": {"description": "done; PAYMENT-RESPONSE carries the settlement", "content": {"application/json": {"schema": (r.output)()}}},
+                    "400": {"description": "invalid request, nothing charged", "content": {"application/json": {"schema": error}}},
+                    "402": {"description": "payment required; PAYMENT-REQUIRED carries the offers"},
+                    "429": {"description": "rate limited; see Retry-After"},
+                    "502": {"description": "facilitator unreachable, or paid but not fulfilled (refund owed)"}
+                }
+            }),
+        );
+    }
+    for r in FREE_ROUTES {
+        let mut op = json!({"summary": r.summary, "responses": {"200": {"description": "ok"}}});
+        if r.bearer {
+            op["security"] = json!([{"bearer": []}]);
+        }
+        paths
+            .entry(r.path.to_owned())
+            .or_default()
+            .insert(r.method.into(), op);
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Dial", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Paid SMS and phone numbers over x402. Paid routes answer 402 with PAYMENT-REQUIRED; pay with PAYMENT-SIGNATURE (v2) or X-PAYMENT (v1)."},
+        "servers": [{"url": dial.paywall.origin(&headers)}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "from POST /api/v1/auth/siwe"}}},
+        "paths": paths,
+    }))
+    .into_response()
+}

@@ -1,0 +1,221 @@
+//! Dial, the embedded merchant: paid SMS and phone-number endpoints behind the x402 paywall. It
+//! reaches the facilitator only through [`link::FacilitatorLink`] (in-process or over HTTP), so it is
+//! also a plain x402 resource server.
+
+mod api;
+pub mod catalogue;
+mod discovery;
+pub mod link;
+pub mod paywall;
+pub mod providers;
+pub mod ratelimit;
+pub mod siwe;
+pub mod sms;
+pub mod store;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::chain::Chains;
+use crate::config::{Config, DialConfig, DialProvider};
+use crate::facilitator::Facilitator;
+use link::{FacilitatorLink, InProcess, OverHttp};
+use paywall::{OfferAsset, Paywall, PaywallState, dial_error};
+use providers::{EsimProvider, NumberProvider, Sandbox, SmsProvider, Twilio, VerificationProvider};
+use ratelimit::{RateLimiter, Verdict};
+use store::Store;
+
+/// Why Dial could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DialStartError {
+    #[error("dial store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("dial facilitator: {0}")]
+    Link(#[from] link::LinkError),
+    #[error("dial provider: {0}")]
+    Provider(#[from] providers::ProviderError),
+    #[error("dial chains: {0}")]
+    Chains(#[from] crate::chain::RpcError),
+    #[error("dial needs a facilitator: set dial.facilitator_url or run it inside x402d serve")]
+    NoFacilitator,
+}
+
+/// The running module.
+pub struct Dial {
+    config: DialConfig,
+    paywall: Arc<Paywall>,
+    store: Store,
+    chains: Chains,
+    sms: Arc<dyn SmsProvider>,
+    numbers: Arc<dyn NumberProvider>,
+    esims: Arc<dyn EsimProvider>,
+    verifications: Arc<dyn VerificationProvider>,
+    default_sender: String,
+    limiter: RateLimiter,
+}
+
+impl Dial {
+    /// Builds Dial from the `[dial]` section; `local` is this process's facilitator, used unless
+    /// `dial.facilitator_url` names another.
+    pub async fn start(
+        config: &Config,
+        dial: &DialConfig,
+        local: Option<Arc<Facilitator>>,
+    ) -> Result<Arc<Dial>, DialStartError> {
+        let link: Arc<dyn FacilitatorLink> = match (&dial.facilitator_url, local) {
+            (Some(url), _) => Arc::new(OverHttp::new(url)?),
+            (None, Some(f)) => Arc::new(InProcess(f)),
+            (None, None) => return Err(DialStartError::NoFacilitator),
+        };
+        let chains = Chains::from_config(config)?;
+        let assets = chains
+            .networks()
+            .iter()
+            .flat_map(|n| {
+                n.tokens.iter().map(|t| OfferAsset {
+                    chain_id: n.chain_id,
+                    v1_name: n.v1_name.clone(),
+                    asset: t.address,
+                    name: t.name.clone(),
+                    version: t.version.clone(),
+                    decimals: t.decimals,
+                })
+            })
+            // Dial sells in the built-in USDC only: an operator's other tokens are for the facilitator.
+            .filter(|a| {
+                crate::chain::builtin_usdc(a.chain_id.0).is_some_and(|(usdc, _, _)| usdc == a.asset)
+            })
+            .collect();
+        let store = Store::connect(&config.ledger.url.0).await?;
+        let (sms, numbers, default_sender): (
+            Arc<dyn SmsProvider>,
+            Arc<dyn NumberProvider>,
+            String,
+        ) = match &dial.provider {
+            DialProvider::Sandbox => (Arc::new(Sandbox), Arc::new(Sandbox), "+15550000000".into()),
+            DialProvider::Twilio(t) => {
+                let twilio = Arc::new(Twilio::new(t.clone())?);
+                let from = twilio.from_number().to_owned();
+                (twilio.clone(), twilio, from)
+            }
+        };
+        let paywall = Arc::new(Paywall {
+            link,
+            store: store.clone(),
+            assets,
+            pay_to: dial.pay_to,
+            max_timeout_seconds: dial.max_timeout_seconds,
+            public_url: dial.public_url.clone(),
+            body_limit: config.server.body_limit_bytes,
+        });
+        Ok(Arc::new(Dial {
+            config: dial.clone(),
+            paywall,
+            store,
+            chains,
+            sms,
+            numbers,
+            esims: Arc::new(Sandbox),
+            verifications: Arc::new(Sandbox),
+            default_sender,
+            limiter: RateLimiter::new(dial.rate_limit_per_minute),
+        }))
+    }
+
+    /// Dial's routes, with the paywall on the priced ones, the per-IP limit and CORS on all.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let paywall_state = PaywallState {
+            paywall: self.paywall.clone(),
+            priced: self.clone(),
+        };
+        let mut paid = Router::new();
+        for route in catalogue::PAID_ROUTES.iter().filter(|r| r.always_paid) {
+            paid = paid.route(route.path, post(api::paid));
+        }
+        let paid = paid.route_layer(axum::middleware::from_fn_with_state(
+            paywall_state,
+            paywall::layer,
+        ));
+        let free = Router::new()
+            .route(
+                "/api/v1/auth/siwe",
+                get(api::siwe_nonce).post(api::siwe_login),
+            )
+            .route("/api/v1/numbers/mine", get(api::my_numbers))
+            .route("/api/v1/numbers/mine/send", post(api::my_send))
+            .route("/api/v1/esim/packages", get(api::esim_packages))
+            .route("/api/v1/discovery", get(discovery::dial_discovery))
+            .route("/discovery/resources", get(discovery::bazaar))
+            .route("/.well-known/x402", get(discovery::well_known))
+            .route("/openapi.json", get(discovery::openapi))
+            .route("/api/health", get(api::health));
+        let expose = [
+            HeaderName::from_static(paywall::PAYMENT_REQUIRED),
+            HeaderName::from_static(paywall::PAYMENT_RESPONSE),
+            HeaderName::from_static(paywall::X_PAYMENT_RESPONSE),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            header::RETRY_AFTER,
+        ];
+        let cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static(paywall::PAYMENT_SIGNATURE),
+                HeaderName::from_static(paywall::X_PAYMENT),
+            ])
+            .expose_headers(expose);
+        paid.merge(free)
+            .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                rate_limit,
+            ))
+            .layer(DefaultBodyLimit::max(self.paywall.body_limit))
+            .layer(cors)
+    }
+}
+
+/// The per-IP limit: 429 with `Retry-After` past it, `X-RateLimit-Remaining` on every answer.
+async fn rate_limit(State(dial): State<Arc<Dial>>, request: Request, next: Next) -> Response {
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    match dial.limiter.check(ip) {
+        Verdict::Allowed { remaining } => {
+            let mut response = next.run(request).await;
+            response
+                .headers_mut()
+                .insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+            response
+        }
+        Verdict::Limited { retry_after_secs } => {
+            let mut response = dial_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &format!(
+                    "more than {} requests in a minute; retry in {retry_after_secs} s",
+                    dial.config.rate_limit_per_minute
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            response
+                .headers_mut()
+                .insert("x-ratelimit-remaining", HeaderValue::from(0u32));
+            response
+        }
+    }
+}

@@ -1,0 +1,978 @@
+//! Dial, the embedded merchant, end to end: real anvil, real database, x402d serving the facilitator
+//! and Dial together; payments made with the same `pay` code as `x402d pay`.
+
+mod common;
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::SignerSync;
+use alloy::signers::local::PrivateKeySigner;
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Row;
+use x402d::client::{
+    AuthorizationTerms, PayError, PayRequest, pay, payload_v2, sign_authorization,
+};
+use x402d::protocol::wire::{PaymentRequiredV2, RequirementsV2, SettleResponse};
+use x402d::protocol::{ChainId, decode_header, encode_header};
+
+const SMS_PRICE: u64 = 50_000; // $0.05
+
+async fn dial_harness(extra: &str) -> Harness {
+    Harness::start_with(HarnessOptions {
+        dial: Some(extra.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The receipts live beside the ledger: the paid flow and its replay on PostgreSQL too.
+#[tokio::test]
+async fn paid_and_replayed_on_postgres() {
+    let Some(h) = Harness::start_with(HarnessOptions {
+        backend: Backend::Postgres,
+        dial: Some(String::new()),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let payer = h.funded_payer(1_000_000).await;
+    let body = json!({"to": "+14155550100", "message": "pg"});
+    let (_, required) = offer_of(&h, "/api/v1/sms/send", &body).await;
+    let offer = &required.accepts[0];
+    let header = payment_header(
+        &h,
+        &payer,
+        offer,
+        &AuthorizationTerms::for_requirement(offer.pay_to, offer.amount, 60, now()),
+    );
+    for _ in 0..2 {
+        let (status, _, answer) = post_paid(
+            &h,
+            "/api/v1/sms/send",
+            &body,
+            ("payment-signature", &header),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 1);
+    assert_eq!(receipt_status(&h).await.len(), 1);
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+}
+
+fn sms_request(h: &Harness, to: &str) -> PayRequest {
+    PayRequest {
+        method: reqwest::Method::POST,
+        url: format!("{}/api/v1/sms/send", h.url()),
+        body: Some(json!({"to": to, "message": "hello from x402"}).to_string()),
+        headers: Vec::new(),
+        network: None,
+        asset: None,
+        max_amount: "1".into(),
+        force_v1: false,
+    }
+}
+
+async fn count(h: &Harness, sql: &str) -> i64 {
+    let pool = x402d::db::open(&h.ledger_url).await.unwrap();
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    row.try_get::<i64, _>(0).unwrap()
+}
+
+async fn receipt_status(h: &Harness) -> Vec<(String, Option<String>)> {
+    let pool = x402d::db::open(&h.ledger_url).await.unwrap();
+    sqlx::query("SELECT status, tx_hash FROM dial_receipts ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.try_get("status").unwrap(), r.try_get("tx_hash").unwrap()))
+        .collect()
+}
+
+/// The 402 of an unpaid request, decoded from its header.
+async fn offer_of(
+    h: &Harness,
+    path: &str,
+    body: &Value,
+) -> (reqwest::header::HeaderMap, PaymentRequiredV2) {
+    let r = h
+        .http
+        .post(format!("{}{path}", h.url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+    let headers = r.headers().clone();
+    let required: PaymentRequiredV2 =
+        decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+    let body: PaymentRequiredV2 = r.json().await.unwrap();
+    assert_eq!(
+        body, required,
+        "the body carries the same JSON as the header"
+    );
+    (headers, required)
+}
+
+/// A `PAYMENT-SIGNATURE` value for `offer`, with terms the test chooses.
+fn payment_header(
+    h: &Harness,
+    payer: &PrivateKeySigner,
+    offer: &RequirementsV2,
+    terms: &AuthorizationTerms,
+) -> String {
+    let signed = sign_authorization(
+        payer,
+        ChainId(CHAIN_ID),
+        offer.asset,
+        &h.chain.usdc_name,
+        "2",
+        terms,
+    )
+    .unwrap();
+    encode_header(&payload_v2(offer, &signed))
+}
+
+async fn post_paid(
+    h: &Harness,
+    path: &str,
+    body: &Value,
+    header: (&str, &str),
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let r = h
+        .http
+        .post(format!("{}{path}", h.url()))
+        .header(header.0, header.1)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn unpaid_requests_get_a_v2_offer_browsers_a_page() {
+    let h = dial_harness("").await;
+    let (headers, required) = offer_of(
+        &h,
+        "/api/v1/sms/send",
+        &json!({"to": "+14155550100", "message": "hi"}),
+    )
+    .await;
+    assert_eq!(required.accepts.len(), 1, "one offer: the chain's USDC");
+    let offer = &required.accepts[0];
+    assert_eq!(offer.scheme, "exact");
+    assert_eq!(offer.network, "eip155:84532");
+    assert_eq!(offer.asset, h.chain.usdc);
+    assert_eq!(offer.pay_to, h.pay_to);
+    assert_eq!(offer.amount.0, U256::from(SMS_PRICE));
+    let extra = offer.extra.clone().unwrap();
+    assert_eq!(extra.name.as_deref(), Some(h.chain.usdc_name.as_str()));
+    assert_eq!(extra.version.as_deref(), Some("2"));
+    assert!(required.resource.url.ends_with("/api/v1/sms/send"));
+    assert!(headers.contains_key("x-ratelimit-remaining"));
+
+    // Browser: an HTML page, still a 402 with the header.
+    let r = h
+        .http
+        .post(format!("{}/api/v1/sms/send", h.url()))
+        .header("accept", "text/html,application/xhtml+xml")
+        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")
+        .header("origin", "https://agent.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(r.headers().contains_key("payment-required"));
+    let expose = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for name in ["payment-required", "payment-response", "x-payment-response"] {
+        assert!(expose.contains(name), "{name} not exposed: {expose}");
+    }
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<h1>Payment required</h1>") && page.contains("eip155:84532"));
+}
+
+#[tokio::test]
+async fn a_paid_sms_settles_then_sends_and_is_receipted() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(1_000_000).await;
+    let before = h.usdc_balance(h.pay_to).await;
+    let out = pay(&h.http, &payer, &sms_request(&h, "+14155550100"))
+        .await
+        .unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    let body: Value = serde_json::from_str(&out.body).unwrap();
+    assert_eq!(body["success"], true);
+    assert_eq!(body["to"], "+14155550100");
+    assert_eq!(body["segments"], 1);
+    let receipt = out.receipt.expect("PAYMENT-RESPONSE");
+    assert!(receipt.success);
+    assert_eq!(receipt.network, "eip155:84532");
+    assert_eq!(receipt.transaction.len(), 66);
+    // Money moved on chain, exactly once.
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+    assert_eq!(
+        h.usdc_balance(h.pay_to).await - before,
+        U256::from(SMS_PRICE)
+    );
+    // The sandbox recorded the message; the receipt names the transaction.
+    let id = body["messageId"].as_str().unwrap();
+    assert_eq!(count(&h, &format!("SELECT COUNT(*) FROM dial_messages WHERE message_id = '{id}' AND recipient = '+14155550100'")).await, 1);
+    assert_eq!(
+        receipt_status(&h).await,
+        vec![("fulfilled".to_owned(), Some(receipt.transaction.clone()))]
+    );
+}
+
+#[tokio::test]
+async fn a_v1_x_payment_is_accepted_too() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(1_000_000).await;
+    let mut request = sms_request(&h, "+14155550100");
+    request.force_v1 = true;
+    let out = pay(&h.http, &payer, &request).await.unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    let receipt = out.receipt.expect("X-PAYMENT-RESPONSE");
+    assert!(receipt.success);
+    assert_eq!(
+        receipt.network, "base-sepolia",
+        "v1 answers carry the v1 network name"
+    );
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 1);
+}
+
+#[tokio::test]
+async fn bad_payments_get_402_with_the_reason_and_change_nothing() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(1_000_000).await;
+    let body = json!({"to": "+14155550100", "message": "hi"});
+    let (_, required) = offer_of(&h, "/api/v1/sms/send", &body).await;
+    let offer = &required.accepts[0];
+    let usual = || AuthorizationTerms::for_requirement(offer.pay_to, offer.amount, 60, now());
+    let underpaid = AuthorizationTerms {
+        value: x402d::protocol::AtomicAmount::from_u64(SMS_PRICE - 1),
+        ..usual()
+    };
+    let wrong_pay_to = AuthorizationTerms {
+        to: Address::random(),
+        ..usual()
+    };
+    let expired = AuthorizationTerms {
+        valid_after: now() - 3600,
+        valid_before: now() - 60,
+        ..usual()
+    };
+    for (terms, reason) in [
+        (underpaid, "invalid_exact_evm_authorization_value"),
+        (wrong_pay_to, "invalid_exact_evm_recipient_mismatch"),
+        (
+            expired,
+            "invalid_exact_evm_payload_authorization_valid_before",
+        ),
+    ] {
+        let header = payment_header(&h, &payer, offer, &terms);
+        let (status, headers, answer) = post_paid(
+            &h,
+            "/api/v1/sms/send",
+            &body,
+            ("payment-signature", &header),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{answer}");
+        assert_eq!(answer["error"], reason);
+        let again: PaymentRequiredV2 =
+            decode_header(headers["payment-required"].to_str().unwrap()).unwrap();
+        assert_eq!(again.error.as_deref(), Some(reason));
+    }
+    // An offer we never made is refused before the facilitator is asked.
+    let mut cheaper = offer.clone();
+    cheaper.amount = x402d::protocol::AtomicAmount::from_u64(1);
+    let header = payment_header(
+        &h,
+        &payer,
+        &cheaper,
+        &AuthorizationTerms::for_requirement(offer.pay_to, cheaper.amount, 60, now()),
+    );
+    let (status, _, answer) = post_paid(
+        &h,
+        "/api/v1/sms/send",
+        &body,
+        ("payment-signature", &header),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid_payment_requirements")
+    );
+    // Garbage in the header: 402 with a reason, not a 500.
+    let (status, _, answer) = post_paid(
+        &h,
+        "/api/v1/sms/send",
+        &body,
+        ("payment-signature", "%%%not base64"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid_payload")
+    );
+
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000u64)
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 0);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_receipts").await, 0);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM payments").await, 0);
+}
+
+#[tokio::test]
+async fn a_replayed_payment_header_sends_nothing_twice() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(1_000_000).await;
+    let body = json!({"to": "+14155550100", "message": "once"});
+    let (_, required) = offer_of(&h, "/api/v1/sms/send", &body).await;
+    let offer = &required.accepts[0];
+    let header = payment_header(
+        &h,
+        &payer,
+        offer,
+        &AuthorizationTerms::for_requirement(offer.pay_to, offer.amount, 60, now()),
+    );
+    let (s1, h1, a1) = post_paid(
+        &h,
+        "/api/v1/sms/send",
+        &body,
+        ("payment-signature", &header),
+    )
+    .await;
+    let (s2, h2, a2) = post_paid(
+        &h,
+        "/api/v1/sms/send",
+        &body,
+        ("payment-signature", &header),
+    )
+    .await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{a1} {a2}");
+    assert_eq!(a1, a2, "the replay gets the recorded answer");
+    let r1: SettleResponse = decode_header(h1["payment-response"].to_str().unwrap()).unwrap();
+    let r2: SettleResponse = decode_header(h2["payment-response"].to_str().unwrap()).unwrap();
+    assert_eq!(r1.transaction, r2.transaction);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 1);
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+    // The same payment for a different request is refused.
+    let other = json!({"to": "+14155550199", "message": "twice?"});
+    let (s3, _, a3) = post_paid(
+        &h,
+        "/api/v1/sms/send",
+        &other,
+        ("payment-signature", &header),
+    )
+    .await;
+    assert_eq!(s3, StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        a3["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("payment_already_used"),
+        "{a3}"
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 1);
+}
+
+#[tokio::test]
+async fn an_invalid_request_with_a_valid_payment_is_400_and_free() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(1_000_000).await;
+    for (to, message) in [
+        ("4155550100", "hi"),
+        ("+14155550100", ""),
+        ("+14155550100", &"x".repeat(2000)),
+    ] {
+        let mut request = sms_request(&h, to);
+        request.body = Some(json!({"to": to, "message": message}).to_string());
+        let out = pay(&h.http, &payer, &request).await.unwrap();
+        assert_eq!(out.status, 400, "{}", out.body);
+        let body: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(body["success"], false);
+        assert_eq!(body["error"], "invalid_request");
+        assert!(out.receipt.is_none());
+    }
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000u64)
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM payments").await, 0);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_receipts").await, 0);
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_price_above_its_limit() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(200_000_000).await;
+    let request = PayRequest {
+        url: format!("{}/api/v1/numbers/buy/us", h.url()),
+        body: Some("{}".into()),
+        ..sms_request(&h, "+14155550100")
+    };
+    match pay(&h.http, &payer, &request).await {
+        Err(PayError::TooExpensive { price, max }) => {
+            assert_eq!(price, "$100");
+            assert_eq!(max, "$1");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(200_000_000u64)
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM payments").await, 0);
+}
+
+#[tokio::test]
+async fn the_pay_cli_pays_as_printed() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(1_000_000).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args([
+            "pay",
+            "-X",
+            "POST",
+            "-d",
+            r#"{"to":"+14155550100","message":"hello from the CLI"}"#,
+        ])
+        .arg(format!("{}/api/v1/sms/send", h.url()))
+        .env("X402D_PAYER_KEY", alloy::hex::encode(payer.to_bytes()))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let body: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(body["success"], true);
+    assert!(
+        stderr.contains("HTTP 200") && stderr.contains("\"success\":true"),
+        "{stderr}"
+    );
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+}
+
+/// Logs `signer` in with SIWE; returns the bearer token.
+async fn login(h: &Harness, signer: &PrivateKeySigner) -> String {
+    let (message, _) = siwe_message(h, signer).await;
+    let signature = signer.sign_message_sync(message.as_bytes()).unwrap();
+    let (status, answer) = siwe_post(h, &message, &signature.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+async fn siwe_message(h: &Harness, signer: &PrivateKeySigner) -> (String, String) {
+    let r: Value = h
+        .http
+        .get(format!(
+            "{}/api/v1/auth/siwe?address={}&chainId={CHAIN_ID}",
+            h.url(),
+            signer.address()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        r["message"].as_str().unwrap().to_owned(),
+        r["nonce"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn siwe_post(h: &Harness, message: &str, signature: &str) -> (u16, Value) {
+    h.post(
+        "/api/v1/auth/siwe",
+        json!({"message": message, "signature": signature}).to_string(),
+    )
+    .await
+}
+
+async fn get_with_token(h: &Harness, path: &str, token: &str) -> (u16, Value) {
+    let r = h
+        .http
+        .get(format!("{}{path}", h.url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn siwe_owners_see_only_their_numbers_and_send_within_quota_then_pay() {
+    let h = dial_harness("number_text_quota = 2").await;
+    let owner = h.funded_payer(200_000_000).await;
+    let stranger = PrivateKeySigner::random();
+    let buy = PayRequest {
+        url: format!("{}/api/v1/numbers/buy/us", h.url()),
+        body: Some("{}".into()),
+        max_amount: "100".into(),
+        ..sms_request(&h, "+14155550100")
+    };
+    let out = pay(&h.http, &owner, &buy).await.unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    let bought: Value = serde_json::from_str(&out.body).unwrap();
+    let number = bought["phoneNumber"].as_str().unwrap().to_owned();
+    assert!(number.starts_with("+1555"));
+    assert_eq!(
+        h.usdc_balance(owner.address()).await,
+        U256::from(100_000_000u64)
+    );
+
+    let token = login(&h, &owner).await;
+    let (status, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(mine["numbers"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["numbers"][0]["phoneNumber"], number.as_str());
+    let other_token = login(&h, &stranger).await;
+    let (_, theirs) = get_with_token(&h, "/api/v1/numbers/mine", &other_token).await;
+    assert_eq!(theirs["numbers"], json!([]));
+    let (status, _) = get_with_token(&h, "/api/v1/numbers/mine", "dial_forged").await;
+    assert_eq!(status, 401);
+
+    // Replayed nonce and a message for another domain are refused.
+    let (message, _) = siwe_message(&h, &owner).await;
+    let signature = owner
+        .sign_message_sync(message.as_bytes())
+        .unwrap()
+        .to_string();
+    assert_eq!(siwe_post(&h, &message, &signature).await.0, 200);
+    let (status, answer) = siwe_post(&h, &message, &signature).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["message"].as_str().unwrap().contains("nonce"),
+        "{answer}"
+    );
+    let (message, _) = siwe_message(&h, &owner).await;
+    let host = h.url().trim_start_matches("http://").to_owned();
+    let forged = message.replacen(&host, "evil.example", 1);
+    let signature = owner
+        .sign_message_sync(forged.as_bytes())
+        .unwrap()
+        .to_string();
+    let (status, answer) = siwe_post(&h, &forged, &signature).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["message"].as_str().unwrap().contains("evil.example"),
+        "{answer}"
+    );
+    // Someone else's signature over the owner's message.
+    let (message, _) = siwe_message(&h, &owner).await;
+    let signature = stranger
+        .sign_message_sync(message.as_bytes())
+        .unwrap()
+        .to_string();
+    assert_eq!(siwe_post(&h, &message, &signature).await.0, 401);
+
+    // The quota: two free texts, then x402.
+    let send = |token: String| {
+        let h = &h;
+        let number = number.clone();
+        async move {
+            let r = h
+                .http
+                .post(format!("{}/api/v1/numbers/mine/send", h.url()))
+                .bearer_auth(token)
+                .json(&json!({"from": number, "to": "+14155550100", "body": "from my number"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for _ in 0..2 {
+        let (status, body) = send(token.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"charged\":false"));
+    }
+    let (status, _) = send(token.clone()).await;
+    assert_eq!(status, 402, "the quota is spent");
+    let (status, _) = send(other_token.clone()).await;
+    assert_eq!(status, 403, "only the owner sends from a number");
+    let paid = PayRequest {
+        url: format!("{}/api/v1/numbers/mine/send", h.url()),
+        body: Some(json!({"from": number, "to": "+14155550100", "body": "paid text"}).to_string()),
+        headers: vec![("authorization".into(), format!("Bearer {token}"))],
+        ..sms_request(&h, "+14155550100")
+    };
+    let out = pay(&h.http, &owner, &paid).await.unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.body.contains("\"charged\":true"));
+    assert!(out.receipt.unwrap().success);
+    assert_eq!(
+        h.usdc_balance(owner.address()).await,
+        U256::from(100_000_000 - SMS_PRICE)
+    );
+    assert_eq!(
+        count(
+            &h,
+            "SELECT COUNT(*) FROM dial_messages WHERE owner IS NOT NULL"
+        )
+        .await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_61st_request_in_a_minute_is_429() {
+    let h = dial_harness("").await;
+    for i in 0..60 {
+        let r = h
+            .http
+            .get(format!("{}/api/health", h.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"],
+            (59 - i).to_string().as_str()
+        );
+    }
+    let r = h
+        .http
+        .get(format!("{}/api/health", h.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // The facilitator's own routes are not Dial's to limit.
+    assert_eq!(
+        h.http
+            .get(format!("{}/supported", h.url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn discovery_is_generated_from_the_route_table() {
+    let h = dial_harness("").await;
+    let get = |path: &'static str| {
+        let h = &h;
+        async move {
+            let r = h
+                .http
+                .get(format!("{}{path}", h.url()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let bazaar = get("/discovery/resources").await;
+    let items = bazaar["items"].as_array().unwrap();
+    assert_eq!(bazaar["pagination"]["total"], items.len());
+    let sms = items
+        .iter()
+        .find(|i| {
+            i["resource"]
+                .as_str()
+                .unwrap()
+                .ends_with("/api/v1/sms/send")
+        })
+        .unwrap();
+    assert_eq!(sms["accepts"][0]["amount"], SMS_PRICE.to_string());
+    let listing = get("/api/v1/discovery").await;
+    let number = listing["paid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/api/v1/numbers/buy")
+        .unwrap();
+    assert_eq!(number["price"], "$100");
+    let openapi = get("/openapi.json").await;
+    assert_eq!(
+        openapi["paths"]["/api/v1/esim/checkout"]["post"]["x-x402-price"],
+        "$2.45"
+    );
+    let well_known = get("/.well-known/x402").await;
+    assert_eq!(
+        well_known["resources"].as_array().unwrap().len(),
+        items.len()
+    );
+    let page = get("/discovery/resources?limit=2&offset=1").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["items"][0]["resource"], items[1]["resource"]);
+}
+
+#[tokio::test]
+async fn esim_and_verifications_deliver_and_record() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(10_000_000).await;
+    let esim = PayRequest {
+        url: format!("{}/api/v1/esim/checkout", h.url()),
+        body: Some(json!({"packageId": "eu-3gb-30d"}).to_string()),
+        max_amount: "5".into(),
+        ..sms_request(&h, "+14155550100")
+    };
+    let out = pay(&h.http, &payer, &esim).await.unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    let body: Value = serde_json::from_str(&out.body).unwrap();
+    assert!(
+        body["activationCode"]
+            .as_str()
+            .unwrap()
+            .starts_with("LPA:1$")
+    );
+    assert_eq!(body["qrPayload"], body["activationCode"]);
+    let unknown = PayRequest {
+        body: Some(json!({"packageId": "mars-1tb"}).to_string()),
+        ..esim.clone()
+    };
+    assert_eq!(pay(&h.http, &payer, &unknown).await.unwrap().status, 400);
+    let verification = PayRequest {
+        url: format!("{}/api/v1/verifications/start", h.url()),
+        body: Some(json!({"service": "telegram"}).to_string()),
+        ..esim
+    };
+    let out = pay(&h.http, &payer, &verification).await.unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(10_000_000u64 - 2_450_000 - 2_250_000)
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_esims").await, 1);
+    assert_eq!(
+        count(&h, "SELECT COUNT(*) FROM dial_verifications").await,
+        1
+    );
+}
+
+mod twilio {
+    //! The Twilio adapter against a local fake of Twilio's REST API.
+    use super::*;
+    use axum::extract::{Path, State};
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        posts: Arc<Mutex<Vec<(String, String)>>>,
+        fail: bool,
+    }
+
+    const SID: &str = "ACtest0000";
+    const TOKEN: &str = "secret-token";
+
+    fn authorized(headers: &HeaderMap) -> bool {
+        use base64::Engine;
+        let expected = base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{TOKEN}"));
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&format!("Basic {expected}"))
+    }
+
+    async fn start(fake: Fake) -> String {
+        use axum::routing::{get, post};
+        let app = axum::Router::new()
+            .route(
+                "/2010-04-01/Accounts/{sid}/Messages.json",
+                post(|State(f): State<Fake>, Path(sid): Path<String>, headers: HeaderMap, body: String| async move {
+                    if !authorized(&headers) || sid != SID {
+                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
+                    }
+                    if f.fail {
+                        return (StatusCode::BAD_REQUEST, axum::Json(json!({"code": 21610, "message": "Attempt to send to unsubscribed recipient"})));
+                    }
+                    f.posts.lock().unwrap().push(("message".into(), body));
+                    (StatusCode::CREATED, axum::Json(json!({"sid": "SM0123456789", "status": "queued"})))
+                }),
+            )
+            .route(
+                "/2010-04-01/Accounts/{sid}/AvailablePhoneNumbers/{country}/Local.json",
+                get(|headers: HeaderMap, Path((_, country)): Path<(String, String)>| async move {
+                    assert!(authorized(&headers));
+                    assert_eq!(country, "GB");
+                    axum::Json(json!({"available_phone_numbers": [{"phone_number": "+447700900123"}]}))
+                }),
+            )
+            .route(
+                "/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json",
+                post(|State(f): State<Fake>, headers: HeaderMap, body: String| async move {
+                    assert!(authorized(&headers));
+                    f.posts.lock().unwrap().push(("number".into(), body));
+                    (StatusCode::CREATED, axum::Json(json!({"sid": "PN0123456789", "phone_number": "+447700900123"})))
+                }),
+            )
+            .with_state(fake);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn provider(url: &str) -> String {
+        format!(
+            "[dial.provider]\nkind = \"twilio\"\naccount_sid = \"{SID}\"\nauth_token = \"{TOKEN}\"\nfrom_number = \"+15005550006\"\napi_url = \"{url}\""
+        )
+    }
+
+    #[tokio::test]
+    async fn sms_and_numbers_go_through_twilio() {
+        let fake = Fake::default();
+        let url = start(fake.clone()).await;
+        let h = dial_harness(&provider(&url)).await;
+        let payer = h.funded_payer(200_000_000).await;
+        let out = pay(&h.http, &payer, &sms_request(&h, "+14155550100"))
+            .await
+            .unwrap();
+        assert_eq!(out.status, 200, "{}", out.body);
+        let body: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(body["messageId"], "SM0123456789");
+        assert_eq!(body["status"], "queued");
+        let buy = PayRequest {
+            url: format!("{}/api/v1/numbers/buy/intl", h.url()),
+            body: Some(json!({"country": "GB"}).to_string()),
+            max_amount: "100".into(),
+            ..sms_request(&h, "+14155550100")
+        };
+        let out = pay(&h.http, &payer, &buy).await.unwrap();
+        assert_eq!(out.status, 200, "{}", out.body);
+        assert!(out.body.contains("+447700900123"));
+        let posts = fake.posts.lock().unwrap().clone();
+        assert_eq!(posts.len(), 2);
+        assert_eq!(posts[0].0, "message");
+        assert!(
+            posts[0].1.contains("To=%2B14155550100") && posts[0].1.contains("From=%2B15005550006"),
+            "{}",
+            posts[0].1
+        );
+        assert_eq!(
+            posts[1],
+            ("number".into(), "PhoneNumber=%2B447700900123".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_provider_failure_after_payment_is_recorded_for_refund() {
+        let fake = Fake {
+            fail: true,
+            ..Default::default()
+        };
+        let url = start(fake).await;
+        let h = dial_harness(&provider(&url)).await;
+        let payer = h.funded_payer(1_000_000).await;
+        let out = pay(&h.http, &payer, &sms_request(&h, "+14155550100"))
+            .await
+            .unwrap();
+        assert_eq!(out.status, 502, "{}", out.body);
+        let body: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(body["error"], "fulfillment_failed");
+        assert!(body["message"].as_str().unwrap().contains("unsubscribed"));
+        let receipt = out.receipt.expect("the payment's receipt is still sent");
+        assert!(receipt.success);
+        assert_eq!(body["transaction"], receipt.transaction.as_str());
+        assert_eq!(
+            receipt_status(&h).await,
+            vec![("fulfillment_failed".to_owned(), Some(receipt.transaction))]
+        );
+    }
+}
+
+#[tokio::test]
+async fn dial_works_with_a_remote_facilitator_and_502s_without_one() {
+    let h = Harness::start().await;
+    let payer = h.funded_payer(1_000_000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |facilitator: &str| {
+        x402d::config::Config::from_toml(
+            &format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n[ledger]\nurl = \"sqlite://{}/merchant-{}.db\"\n[dial]\npay_to = \"{}\"\nfacilitator_url = \"{facilitator}\"\n",
+                h.chain.rpc_url(),
+                dir.path().display(),
+                facilitator.len(),
+                h.pay_to,
+            ),
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    // A merchant whose facilitator is the harness's x402d, over HTTP.
+    let merchant = x402d::server::RunningServer::start(&config(&h.url()))
+        .await
+        .unwrap();
+    let request = PayRequest {
+        url: format!("{}/api/v1/sms/send", merchant.url()),
+        ..sms_request(&h, "+14155550100")
+    };
+    let out = pay(&h.http, &payer, &request).await.unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.receipt.unwrap().success);
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+    // One whose facilitator is down: 502, nothing charged.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let orphan = x402d::server::RunningServer::start(&config(&dead))
+        .await
+        .unwrap();
+    let request = PayRequest {
+        url: format!("{}/api/v1/sms/send", orphan.url()),
+        ..sms_request(&h, "+14155550100")
+    };
+    let out = pay(&h.http, &payer, &request).await.unwrap();
+    assert_eq!(out.status, 502, "{}", out.body);
+    assert!(out.body.contains("facilitator_unavailable"));
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(1_000_000 - SMS_PRICE)
+    );
+}
