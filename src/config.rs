@@ -670,6 +670,40 @@ mod tests {
         let c = Config::from_toml(text, &env(&[("X402D_GAS_KEY", KEY)])).unwrap();
         assert_eq!(c.networks[0].chain_id, 84532);
         assert_eq!(c.server.body_limit_bytes, 65536);
+        let dial = c.dial.expect("the example enables Dial");
+        assert_eq!(dial.prices.esim_checkout, "2.45");
+        assert!(matches!(dial.provider, DialProvider::Sandbox));
+    }
+
+    #[test]
+    fn dial_prices_and_provider_are_checked() {
+        let base = "[dial]\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\n";
+        let bad_price = Config::from_toml(
+            &format!("{base}[dial.prices]\nsms_send = \"five\"\n"),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_price.contains("dial.prices.sms_send"), "{bad_price}");
+        let bad_kind = Config::from_toml(
+            &format!("{base}[dial.provider]\nkind = \"carrier-pigeon\"\n"),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_kind.contains("dial.provider"), "{bad_kind}");
+        let twilio = Config::from_toml(
+            &format!("{base}[dial.provider]\nkind = \"twilio\"\naccount_sid = \"AC1\"\nauth_token = \"$TOK\"\nfrom_number = \"+15005550006\"\n"),
+            &env(&[("TOK", "t0k")]),
+        )
+        .unwrap();
+        match twilio.dial.unwrap().provider {
+            DialProvider::Twilio(t) => {
+                assert_eq!(t.auth_token.0, "t0k");
+                assert_eq!(format!("{:?}", t.auth_token), "Secret(***)");
+            }
+            DialProvider::Sandbox => panic!("expected twilio"),
+        }
     }
 
     #[test]
