@@ -125,7 +125,7 @@ impl Facilitator {
         // Ours, before any RPC: an authorization we already hold is used, whatever the chain says.
         match self
             .ledger
-            .find(
+            .holds(
                 payment.network.chain_id.0,
                 &key_asset(&payment),
                 &key_payer(&payment),
@@ -133,17 +133,17 @@ impl Facilitator {
             )
             .await
         {
-            Ok(Some(p)) if p.state != PaymentState::Failed => {
+            Ok(Some(state)) => {
                 return Err(Invalid::new(
                     Reason::NonceAlreadyUsed,
                     format!(
                         "this authorization is already {} by this facilitator",
-                        describe(p.state)
+                        describe(state)
                     ),
                 )
                 .into());
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "ledger read failed during verify; relying on the chain")
             }

@@ -206,7 +206,9 @@ async fn a_payer_who_spent_the_balance_fails_alone_before_broadcast(backend: Bac
         assert_eq!(a["success"], true, "{a}");
     }
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(4 * ONE_CENT));
-    assert_eq!(assert_no_reverted_transactions(&h).await, 1);
+    // Usually one batch; a loaded machine may split the four across two. Either way none reverted.
+    let txs = assert_no_reverted_transactions(&h).await;
+    assert!((1..=2).contains(&txs), "{txs} transactions for 4 payments");
 }
 
 on_both_backends!(paused_mining_answers_pending_with_the_hash_then_success);

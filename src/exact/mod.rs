@@ -226,15 +226,18 @@ pub async fn verify_on_chain(
             let bytes: Bytes = sig.as_bytes().to_vec().into();
             if recovered == Some(auth.from) {
                 let call = transfer_vrs(auth, &sig);
-                let outcome = probe(payment, &call, None).await?;
-                if outcome.payer_has_code {
+                // The token applies the rule we would (ECDSA for a plain key, ERC-1271 only once the
+                // payer has code), so a passing simulation is the whole answer: the common case is
+                // one `eth_call`. The payer's code is read only to explain a failure.
+                let outcome = simulate(payment, &call).await?;
+                if outcome.is_err() && payer_has_code(payment).await? {
                     // A deployed wallet (or EIP-7702 account) signs through ERC-1271 only: the token
                     // will not fall back to ECDSA, so neither do we.
                     require_erc1271(payment, digest, &bytes).await?;
                 }
                 finish(
                     payment,
-                    outcome.simulation,
+                    outcome,
                     SettlementCall {
                         deploy: None,
                         transfer: call,
@@ -405,6 +408,24 @@ async fn probe(
     ];
     let with_1271 = erc1271.is_some();
     calls.extend(erc1271);
+    let mut results = batch_checking_token(payment, calls).await?;
+    let erc1271 = if with_1271 { results.pop() } else { None };
+    let simulation = match &results[1] {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.reason()),
+    };
+    Ok(Probe {
+        payer_has_code: !code_of(&results[0])?.is_empty(),
+        erc1271,
+        simulation,
+    })
+}
+
+/// Sends `calls` in one batch, adding the token's code check until the token has been seen once.
+async fn batch_checking_token(
+    payment: ExactPayment<'_>,
+    mut calls: Vec<RpcCall>,
+) -> Result<Vec<Result<Value, CallError>>, VerifyError> {
     let token_check = !payment.token.known_deployed();
     if token_check {
         calls.push(RpcCall::get_code(payment.token.address));
@@ -416,16 +437,33 @@ async fn probe(
             .ok_or_else(|| RpcError::Malformed("short batch".into()))?;
         check_token_code(payment.token, &token_code)?;
     }
-    let erc1271 = if with_1271 { results.pop() } else { None };
-    let simulation = match &results[1] {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.reason()),
-    };
-    Ok(Probe {
-        payer_has_code: !code_of(&results[0])?.is_empty(),
-        erc1271,
-        simulation,
-    })
+    Ok(results)
+}
+
+/// One simulation of the transfer (with the token's code check the first time we use a token).
+async fn simulate(
+    payment: ExactPayment<'_>,
+    transfer: &Bytes,
+) -> Result<Result<(), String>, VerifyError> {
+    let results = batch_checking_token(
+        payment,
+        vec![RpcCall::call(payment.token.address, transfer.clone())],
+    )
+    .await?;
+    match results.first() {
+        Some(Ok(_)) => Ok(Ok(())),
+        Some(Err(e)) => Ok(Err(e.reason())),
+        None => Err(RpcError::Malformed("empty batch answer".into()).into()),
+    }
+}
+
+async fn payer_has_code(payment: ExactPayment<'_>) -> Result<bool, VerifyError> {
+    let code = payment
+        .network
+        .rpc
+        .request(RpcCall::get_code(payment.authorization().from))
+        .await?;
+    Ok(!code_of(&code)?.is_empty())
 }
 
 fn code_of(result: &Result<Value, CallError>) -> Result<Bytes, RpcError> {

@@ -2,7 +2,9 @@
 //! and their transactions. SQLite (default) or PostgreSQL, chosen by the URL, through one set of
 //! queries. Never calls the chain.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
@@ -205,6 +207,40 @@ pub struct MinedTx {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pool: AnyPool,
+    /// Present when this process is the database's only writer (SQLite): every key it ever claimed
+    /// that can still be spent, so `/verify` learns "never seen" without a database round trip.
+    keys: Option<Arc<KeyIndex>>,
+}
+
+type PaymentKey = (u64, String, String, String);
+
+/// Keys of unexpired claimed authorizations (an expired one is refused before the ledger is asked).
+#[derive(Debug, Default)]
+struct KeyIndex {
+    inner: Mutex<KeyIndexInner>,
+}
+
+#[derive(Debug, Default)]
+struct KeyIndexInner {
+    valid_before: HashMap<PaymentKey, u64>,
+    prune_at: usize,
+}
+
+impl KeyIndex {
+    fn insert(&self, key: PaymentKey, valid_before: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.valid_before.insert(key, valid_before);
+        if inner.valid_before.len() >= inner.prune_at {
+            let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+            inner.valid_before.retain(|_, vb| *vb >= now);
+            inner.prune_at = (inner.valid_before.len() * 2).max(10_000);
+        }
+    }
+
+    fn contains(&self, key: &PaymentKey) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.valid_before.contains_key(key)
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -274,9 +310,58 @@ fn transaction_of(row: &AnyRow) -> Result<Transaction, LedgerError> {
 impl Ledger {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Ledger, LedgerError> {
-        Ok(Ledger {
-            pool: crate::db::open(url).await?,
-        })
+        let pool = crate::db::open(url).await?;
+        let keys = if url.starts_with("sqlite:") {
+            let index = KeyIndex::default();
+            let now = now_ms() / 1000;
+            let rows = sqlx::query(
+                "SELECT chain_id, asset, payer, nonce, valid_before FROM payments WHERE valid_before >= $1",
+            )
+            .bind(now)
+            .fetch_all(&pool)
+            .await?;
+            for row in &rows {
+                index.insert(
+                    (
+                        u64_of(row, "chain_id")?,
+                        row.try_get("asset")?,
+                        row.try_get("payer")?,
+                        row.try_get("nonce")?,
+                    ),
+                    u64_of(row, "valid_before")?,
+                );
+            }
+            Some(Arc::new(index))
+        } else {
+            None
+        };
+        Ok(Ledger { pool, keys })
+    }
+
+    /// Whether a payment that is not failed holds this key. With SQLite, a key this process never
+    /// claimed is answered from memory.
+    pub async fn holds(
+        &self,
+        chain_id: u64,
+        asset: &str,
+        payer: &str,
+        nonce: &str,
+    ) -> Result<Option<PaymentState>, LedgerError> {
+        if let Some(keys) = &self.keys
+            && !keys.contains(&(
+                chain_id,
+                asset.to_owned(),
+                payer.to_owned(),
+                nonce.to_owned(),
+            ))
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .find(chain_id, asset, payer, nonce)
+            .await?
+            .map(|p| p.state)
+            .filter(|s| *s != PaymentState::Failed))
     }
 
     /// Claims a payment's key. The unique key makes concurrent claims of one authorization agree on a
@@ -308,6 +393,17 @@ impl Ledger {
         .await?;
         if let Some(row) = inserted {
             let id: i64 = row.try_get("id")?;
+            if let Some(keys) = &self.keys {
+                keys.insert(
+                    (
+                        p.chain_id,
+                        p.asset.clone(),
+                        p.payer.clone(),
+                        p.nonce.clone(),
+                    ),
+                    p.valid_before,
+                );
+            }
             sqlx::query("INSERT INTO payment_events (payment_id, state, detail, at) VALUES ($1,'received',NULL,$2), ($1,'queued',NULL,$2)")
                 .bind(id)
                 .bind(now)
