@@ -17,3 +17,4 @@ pub mod ledger;
 pub mod protocol;
 pub mod server;
 pub mod settlement;
+pub mod telemetry;

@@ -1,5 +1,7 @@
 //! The HTTP surface: routes, body limits, and the mapping of errors to status codes.
 
+pub mod ops;
+
 use std::sync::Arc;
 
 use axum::Json;
@@ -28,8 +30,16 @@ pub fn router(facilitator: Arc<Facilitator>, body_limit: usize) -> Router {
         .route("/settle", post(settle))
         .route("/supported", get(supported))
         .route("/health", get(health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/status", get(ops::status))
+        .route("/", get(ops::operator_page))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            facilitator.metrics().clone(),
+            ops::observe,
+        ))
         .with_state(AppState { facilitator })
 }
 
