@@ -305,15 +305,10 @@ async fn every_series_is_documented_and_every_documented_series_exists() {
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    let readme = include_str!("../README.md");
-    let documented: std::collections::BTreeSet<&str> = readme
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `x402d_"))
-        .map(|l| &l[..l.find('`').unwrap()])
-        .collect();
-    let exported: std::collections::BTreeSet<&str> = exported
+    let documented = documented_series();
+    let exported: std::collections::BTreeSet<String> = exported
         .iter()
-        .map(|n| n.strip_prefix("x402d_").unwrap())
+        .map(|n| n.strip_prefix("x402d_").unwrap().to_owned())
         .collect();
     assert!(exported.len() >= 20, "{exported:?}");
     assert_eq!(exported, documented, "README.md Metrics table vs /metrics");
@@ -592,4 +587,49 @@ async fn operator_page_shows_settlements_in_a_browser() {
     );
     assert!(!dom.contains("loading…"), "the page never rendered /status");
     assert!(dom.contains("<polyline") || dom.contains("collecting samples"));
+}
+
+/// The documented series names (without the `x402d_` prefix).
+fn documented_series() -> std::collections::BTreeSet<String> {
+    include_str!("../README.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `x402d_"))
+        .map(|l| l[..l.find('`').unwrap()].to_owned())
+        .collect()
+}
+
+#[test]
+fn the_grafana_dashboard_charts_every_real_series_and_only_those() {
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../deploy/grafana-dashboard.json")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("x402d_") {
+                let name: String = expr[i + "x402d_".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name)
+                    .to_owned();
+                used.insert(base);
+            }
+        }
+    }
+    let documented = documented_series();
+    let unknown: Vec<_> = used.difference(&documented).collect();
+    assert!(
+        unknown.is_empty(),
+        "dashboard uses undocumented series {unknown:?}"
+    );
+    let unused: Vec<_> = documented.difference(&used).collect();
+    assert!(unused.is_empty(), "dashboard lacks {unused:?}");
+    let scrape = include_str!("../deploy/prometheus.yml");
+    assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("job_name: x402d"));
 }
