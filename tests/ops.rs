@@ -633,3 +633,37 @@ fn the_grafana_dashboard_charts_every_real_series_and_only_those() {
     let scrape = include_str!("../deploy/prometheus.yml");
     assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("job_name: x402d"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_do_not_leak_through_debug_errors_or_labels() {
+    let key = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+    let text = "[[networks]]\nchain_id = 84532\nrpc_urls = [\"https://base-sepolia.example.com/v2/RPCSECRET\"]\n\
+                [gas_wallets]\nprivate_keys = [\"$GAS\"]\n\
+                [ledger]\nurl = \"postgres://admin:DBSECRET@127.0.0.1:1/x402d\"\n";
+    let env = BTreeMap::from([("GAS".to_owned(), key.to_owned())]);
+    let config = Config::from_toml(text, &env).unwrap();
+    let shown = format!("{:?} {:?}", config.ledger, config.gas_wallets);
+    assert!(
+        !shown.contains("DBSECRET") && !shown.contains(key),
+        "{shown}"
+    );
+    // A database URL we cannot use is refused without echoing its password.
+    let e = x402d::ledger::Ledger::connect("mysql://admin:DBSECRET@db.example.com/x402d")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("DBSECRET"), "{e}");
+    assert!(e.contains("mysql"), "{e}");
+    // RPC clients print and label only scheme://host.
+    let metrics = x402d::telemetry::Metrics::new();
+    let chains = x402d::chain::Chains::from_config_with(&config, Some(&metrics)).unwrap();
+    let shown = format!("{chains:?}");
+    assert!(!shown.contains("RPCSECRET"), "{shown}");
+    assert!(shown.contains("base-sepolia.example.com"), "{shown}");
+    let exported = metrics.render();
+    assert!(
+        exported.contains("endpoint=\"base-sepolia.example.com\""),
+        "{exported}"
+    );
+    assert!(!exported.contains("RPCSECRET"));
+}

@@ -325,7 +325,9 @@ impl Ledger {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-            return Err(LedgerError::UnsupportedUrl(url.to_owned()));
+            // Only the scheme: the rest may hold a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(LedgerError::UnsupportedUrl(format!("{scheme}:…")));
         }
         let url = if sqlite {
             sqlite_url(url)?
