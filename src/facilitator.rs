@@ -67,12 +67,6 @@ pub struct Facilitator {
     ops: ops::OpsState,
 }
 
-impl std::fmt::Debug for NetworkMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
-    }
-}
-
 impl Facilitator {
     /// Opens the ledger (running migrations), recovers and starts settlement when a gas wallet is
     /// configured.

@@ -444,6 +444,12 @@ pub struct NetworkMetrics {
     settle_total: IntCounterVec,
 }
 
+impl std::fmt::Debug for NetworkMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
 impl NetworkMetrics {
     /// Counts a verification and its latency. `outcome` is `valid` or a reason code (a closed set).
     pub fn verified(&self, outcome: &str, elapsed: Duration) {
