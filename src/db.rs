@@ -23,7 +23,9 @@ pub async fn open(url: &str) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
     let sqlite = url.starts_with("sqlite:");
     if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
-        return Err(DbError::UnsupportedUrl(url.to_owned()));
+        // Only the scheme: the rest may hold a password.
+        let scheme = url.split(':').next().unwrap_or_default();
+        return Err(DbError::UnsupportedUrl(format!("{scheme}:…")));
     }
     let url = if sqlite {
         sqlite_url(url)?

@@ -1,7 +1,10 @@
 //! The verify and settle use cases: the one place that decides an answer.
 
+pub mod ops;
+
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{Address, keccak256};
 
@@ -14,6 +17,7 @@ use crate::ledger::{Claim, Ledger, LedgerError, NewPayment, Payment, PaymentStat
 use crate::protocol::wire::{SettleResponse, SupportedKind, SupportedResponse, VerifyResponse};
 use crate::protocol::{FacilitatorRequest, Reason, X402Version};
 use crate::settlement::{Settlement, SettlementConfig};
+use crate::telemetry::{Metrics, NetworkMetrics, UNSERVED_NETWORK};
 
 /// A fault of ours or of the chain, not of the client: answered 5xx.
 #[derive(Debug, thiserror::Error)]
@@ -55,14 +59,35 @@ pub struct Facilitator {
     ledger: Ledger,
     settlement: Option<Settlement>,
     settle_timeout: Duration,
+    metrics: Arc<Metrics>,
+    /// Per served network, in the order of `chains.networks()`.
+    network_metrics: Vec<NetworkMetrics>,
+    /// For requests naming a network we do not serve.
+    unserved_metrics: NetworkMetrics,
+    ops: ops::OpsState,
 }
 
 impl Facilitator {
     /// Opens the ledger (running migrations), recovers and starts settlement when a gas wallet is
     /// configured.
     pub async fn start(config: &Config) -> Result<Self, BuildError> {
+        Facilitator::start_with(config, Arc::new(Metrics::new())).await
+    }
+
+    /// As [`Facilitator::start`], recording into the app's `metrics`.
+    pub async fn start_with(config: &Config, metrics: Arc<Metrics>) -> Result<Self, BuildError> {
         let signers = config.gas_wallet_signers()?;
-        let chains = Chains::from_config(config)?;
+        let chains = Chains::from_config_with(config, Some(&metrics))?;
+        let network_metrics = chains
+            .networks()
+            .iter()
+            .map(|n| {
+                let name = n.chain_id.caip2();
+                metrics.init_network(&name);
+                metrics.network(&name)
+            })
+            .collect();
+        let unserved_metrics = metrics.network(UNSERVED_NETWORK);
         let ledger = Ledger::connect(&config.ledger.url.0).await?;
         let s = &config.settlement;
         let engine_config = SettlementConfig {
@@ -81,6 +106,7 @@ impl Facilitator {
                     chains.clone(),
                     signer.clone(),
                     engine_config,
+                    metrics.clone(),
                 )
                 .await?,
             ),
@@ -96,7 +122,37 @@ impl Facilitator {
             ledger,
             settlement,
             settle_timeout: Duration::from_secs(s.settle_timeout_seconds),
+            metrics,
+            network_metrics,
+            unserved_metrics,
+            ops: ops::OpsState::default(),
         })
+    }
+
+    /// The app's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The series of the network a request names (a bounded label set whatever the client sent).
+    fn metrics_for(&self, request: &FacilitatorRequest) -> &NetworkMetrics {
+        self.chains
+            .resolve(request.version, &request.requirements.network)
+            .and_then(|n| {
+                let i = self
+                    .chains
+                    .networks()
+                    .iter()
+                    .position(|m| m.chain_id == n.chain_id)?;
+                self.network_metrics.get(i)
+            })
+            .unwrap_or(&self.unserved_metrics)
+    }
+
+    fn count_ledger_error(&self, e: &FacilitatorError) {
+        if let FacilitatorError::Ledger(_) = e {
+            self.metrics.ledger_errors.inc();
+        }
     }
 
     pub fn chains(&self) -> &Chains {
@@ -112,11 +168,22 @@ impl Facilitator {
         &self,
         request: &FacilitatorRequest,
     ) -> Result<VerifyResponse, FacilitatorError> {
+        let started = Instant::now();
         let payer = exact::payer_of(request);
         let invalid = match self.check(request).await {
             Ok(()) => None,
-            Err(e) => Some(Result::<Invalid, FacilitatorError>::from(e)?),
+            Err(e) => match Result::<Invalid, FacilitatorError>::from(e) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    self.metrics_for(request)
+                        .verified(error_outcome(&e), started.elapsed());
+                    return Err(e);
+                }
+            },
         };
+        let outcome = invalid.as_ref().map_or("valid", |i| i.reason.code());
+        self.metrics_for(request)
+            .verified(outcome, started.elapsed());
         Ok(verify_response(request.version, payer, invalid))
     }
 
@@ -145,6 +212,7 @@ impl Facilitator {
             }
             Ok(None) => {}
             Err(e) => {
+                self.metrics.ledger_errors.inc();
                 tracing::warn!(error = %e, "ledger read failed during verify; relying on the chain")
             }
         }
@@ -160,17 +228,33 @@ impl Facilitator {
         request: &FacilitatorRequest,
         raw_request: &[u8],
     ) -> Result<SettleResponse, FacilitatorError> {
+        let started = Instant::now();
+        let (answer, outcome) = match self.settle_inner(request, raw_request).await {
+            Ok((answer, outcome)) => (Ok(answer), outcome),
+            Err(e) => {
+                self.count_ledger_error(&e);
+                let outcome = error_outcome(&e);
+                (Err(e), outcome)
+            }
+        };
+        self.metrics_for(request)
+            .settled(outcome, started.elapsed());
+        answer
+    }
+
+    async fn settle_inner(
+        &self,
+        request: &FacilitatorRequest,
+        raw_request: &[u8],
+    ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
         let payer = exact::payer_of(request);
         let payment = match exact::check_static(&self.chains, request, &self.policy, unix_now()) {
             Ok(p) => p,
             Err(i) => {
-                return Ok(settle_failure(
-                    request.version,
-                    payer,
-                    &request.requirements.network,
-                    i,
-                    "",
-                ));
+                let code = i.reason.code();
+                let answer =
+                    settle_failure(request.version, payer, &request.requirements.network, i, "");
+                return Ok((answer, code));
             }
         };
         let network = payment.network.wire_name(request.version);
@@ -198,13 +282,9 @@ impl Facilitator {
             Ok(c) => c,
             Err(e) => {
                 let invalid = Result::<Invalid, FacilitatorError>::from(e)?;
-                return Ok(settle_failure(
-                    request.version,
-                    payer,
-                    &network,
-                    invalid,
-                    "",
-                ));
+                let code = invalid.reason.code();
+                let answer = settle_failure(request.version, payer, &network, invalid, "");
+                return Ok((answer, code));
             }
         };
         let new = NewPayment {
@@ -227,7 +307,10 @@ impl Facilitator {
             Claim::New(id) => {
                 settlement.wake(chain_id);
                 let outcome = settlement.wait(id, self.deadline(request)).await?;
-                Ok(settle_answer(request.version, &network, &outcome))
+                Ok((
+                    settle_answer(request.version, &network, &outcome),
+                    outcome_of(&outcome),
+                ))
             }
             Claim::Existing(existing) => {
                 self.join(settlement, request, &payment, *existing, &digest)
@@ -245,23 +328,28 @@ impl Facilitator {
         payment: &ExactPayment<'_>,
         existing: Payment,
         digest: &str,
-    ) -> Result<SettleResponse, FacilitatorError> {
+    ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
         let network = payment.network.wire_name(request.version);
         if existing.payload_digest != digest {
             let invalid = Invalid::new(
                 Reason::NonceAlreadyUsed,
                 "another payload with this authorization nonce was already submitted",
             );
-            return Ok(settle_failure(
+            let answer = settle_failure(
                 request.version,
                 Some(payment.authorization().from),
                 &network,
                 invalid,
                 "",
-            ));
+            );
+            return Ok((answer, Reason::NonceAlreadyUsed.code()));
         }
+        self.metrics_for(request).duplicates_joined.inc();
         let outcome = settlement.wait(existing.id, self.deadline(request)).await?;
-        Ok(settle_answer(request.version, &network, &outcome))
+        Ok((
+            settle_answer(request.version, &network, &outcome),
+            outcome_of(&outcome),
+        ))
     }
 
     /// How to settle: for a plain key that recovers locally, no RPC is needed now (the batcher
@@ -317,6 +405,15 @@ impl Facilitator {
             extensions: Vec::new(),
             signers: BTreeMap::from([("eip155:*".to_owned(), signers)]),
         }
+    }
+}
+
+/// The outcome label of a 5xx answer.
+fn error_outcome(e: &FacilitatorError) -> &'static str {
+    match e {
+        FacilitatorError::ChainUnavailable(_) => "chain_unavailable",
+        FacilitatorError::Ledger(_) => "ledger_unavailable",
+        FacilitatorError::SettlementUnavailable => "settlement_unavailable",
     }
 }
 
@@ -385,6 +482,20 @@ fn settle_failure(
         payer: payer.map(|p| p.to_checksum(None)),
         transaction: transaction.to_owned(),
         network: network.to_owned(),
+    }
+}
+
+/// The outcome label of a payment's latest state, as [`settle_answer`] reports it.
+fn outcome_of(p: &Payment) -> &'static str {
+    match p.state {
+        PaymentState::Confirmed => "success",
+        PaymentState::Failed => p
+            .fail_reason
+            .as_deref()
+            .and_then(Reason::from_code)
+            .unwrap_or(Reason::TransactionFailed)
+            .code(),
+        _ => Reason::SettlementPending.code(),
     }
 }
 

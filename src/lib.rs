@@ -19,3 +19,4 @@ pub mod merchant;
 pub mod protocol;
 pub mod server;
 pub mod settlement;
+pub mod telemetry;

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::facilitator::{BuildError, Facilitator};
 use crate::merchant::{Dial, DialStartError};
+use crate::telemetry::Metrics;
 
 /// A running x402d: its address and a handle to stop it.
 pub struct RunningServer {
@@ -15,6 +16,7 @@ pub struct RunningServer {
     pub facilitator: Arc<Facilitator>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +35,19 @@ pub enum ServeError {
 impl RunningServer {
     /// Builds the service from `config` and starts serving on `config.server.listen` (port 0 picks one).
     pub async fn start(config: &Config) -> Result<RunningServer, ServeError> {
-        let facilitator = Arc::new(Facilitator::start(config).await?);
+        // The app's one registry: created here, passed to every room that records into it.
+        let metrics = Arc::new(Metrics::new());
+        let facilitator = Arc::new(Facilitator::start_with(config, metrics.clone()).await?);
         let mut app = crate::http::router(facilitator.clone(), config.server.body_limit_bytes);
         if let Some(dial) = &config.dial {
             let dial = Dial::start(config, dial, Some(facilitator.clone())).await?;
             app = app.merge(dial.router());
         }
+        // Request ids, spans and request metrics for every route, Dial's included.
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            crate::http::ops::observe,
+        ));
         let listen = config.server.listen;
         let listener = TcpListener::bind(listen)
             .await
@@ -62,11 +71,13 @@ impl RunningServer {
             })
             .await
         });
+        let sampler = Metrics::spawn_sampler(&metrics);
         Ok(RunningServer {
             addr,
             facilitator,
             shutdown: Some(tx),
             task,
+            sampler,
         })
     }
 
@@ -80,6 +91,7 @@ impl RunningServer {
             let _ = tx.send(());
         }
         let _ = (&mut self.task).await;
+        self.sampler.abort();
     }
 
     /// Serves until `signal` resolves, then stops gracefully.

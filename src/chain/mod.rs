@@ -141,11 +141,25 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Chains {
     pub fn from_config(config: &Config) -> Result<Self, RpcError> {
+        Chains::from_config_with(config, None)
+    }
+
+    /// As [`Chains::from_config`], counting RPC traffic into `metrics` when given.
+    pub fn from_config_with(
+        config: &Config,
+        metrics: Option<&crate::telemetry::Metrics>,
+    ) -> Result<Self, RpcError> {
         let networks = config
             .networks
             .iter()
-            .map(network_from_config)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|n| {
+                let mut network = network_from_config(n)?;
+                if let Some(m) = metrics {
+                    network.rpc.instrument(m);
+                }
+                Ok(network)
+            })
+            .collect::<Result<Vec<_>, RpcError>>()?;
         Ok(Chains {
             networks: Arc::new(networks),
         })

@@ -10,6 +10,8 @@ use alloy::primitives::{Address, Bytes};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::telemetry::{Metrics, RpcEndpointMetrics};
+
 /// The node could not be reached or answered nonsense: our fault or the operator's, never the client's.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RpcError {
@@ -76,10 +78,11 @@ impl RpcCall {
 }
 
 /// A JSON-RPC endpoint set for one chain.
-#[derive(Debug)]
 pub struct RpcClient {
     http: reqwest::Client,
     urls: Vec<reqwest::Url>,
+    /// Per endpoint, same order as `urls`; empty when not instrumented.
+    metrics: Vec<RpcEndpointMetrics>,
     /// The endpoint that answered last; we start there so a dead first URL costs one failure, not one per call.
     preferred: AtomicUsize,
     next_id: AtomicU64,
@@ -99,7 +102,11 @@ impl RpcClient {
     pub fn new(urls: &[String], timeout: Duration) -> Result<Self, RpcError> {
         let urls = urls
             .iter()
-            .map(|u| reqwest::Url::parse(u).map_err(|e| RpcError::Malformed(format!("{u}: {e}"))))
+            .map(|u| {
+                // The error does not quote the URL: it may carry an API key.
+                reqwest::Url::parse(u)
+                    .map_err(|e| RpcError::Malformed(format!("an RPC URL does not parse: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -112,7 +119,13 @@ impl RpcClient {
             urls,
             preferred: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
+            metrics: Vec::new(),
         })
+    }
+
+    /// Counts requests, errors and latency per endpoint into `metrics`.
+    pub fn instrument(&mut self, metrics: &Metrics) {
+        self.metrics = self.urls.iter().map(|u| metrics.rpc_endpoint(u)).collect();
     }
 
     pub fn urls(&self) -> &[reqwest::Url] {
@@ -169,6 +182,11 @@ impl RpcClient {
         for k in 0..self.urls.len() {
             let i = (start + k) % self.urls.len();
             let url = &self.urls[i];
+            let m = self.metrics.get(i);
+            if let Some(m) = m {
+                m.requests.inc();
+            }
+            let started = std::time::Instant::now();
             let sent = self
                 .http
                 .post(url.clone())
@@ -179,10 +197,16 @@ impl RpcClient {
             let response = match sent {
                 Ok(r) if r.status().is_success() => r,
                 Ok(r) => {
+                    if let Some(m) = m {
+                        m.http_errors.inc();
+                    }
                     last_error = format!("{}: HTTP {}", redact(url), r.status());
                     continue;
                 }
                 Err(e) => {
+                    if let Some(m) = m {
+                        m.transport_errors.inc();
+                    }
                     last_error = format!("{}: {}", redact(url), e.without_url());
                     continue;
                 }
@@ -190,12 +214,21 @@ impl RpcClient {
             let bytes = match response.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
+                    if let Some(m) = m {
+                        m.transport_errors.inc();
+                    }
                     last_error = format!("{}: {}", redact(url), e.without_url());
                     continue;
                 }
             };
+            if let Some(m) = m {
+                m.duration.observe(started.elapsed().as_secs_f64());
+            }
             self.preferred.store(i, Ordering::Relaxed);
             return serde_json::from_slice::<Vec<Response>>(&bytes).map_err(|e| {
+                if let Some(m) = m {
+                    m.malformed.inc();
+                }
                 RpcError::Malformed(format!(
                     "{}: {e}: {}",
                     redact(url),
@@ -204,6 +237,15 @@ impl RpcClient {
             });
         }
         Err(RpcError::Unreachable(last_error))
+    }
+}
+
+/// Never prints the URLs whole: they may carry API keys.
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("urls", &self.urls.iter().map(redact).collect::<Vec<_>>())
+            .finish()
     }
 }
 

@@ -1,5 +1,7 @@
 //! The HTTP surface: routes, body limits, and the mapping of errors to status codes.
 
+pub mod ops;
+
 use std::sync::Arc;
 
 use axum::Json;
@@ -21,13 +23,17 @@ pub struct AppState {
     pub facilitator: Arc<Facilitator>,
 }
 
-/// The facilitator's router.
+/// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observe`].
 pub fn router(facilitator: Arc<Facilitator>, body_limit: usize) -> Router {
     Router::new()
         .route("/verify", post(verify))
         .route("/settle", post(settle))
         .route("/supported", get(supported))
         .route("/health", get(health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/status", get(ops::status))
+        .route("/", get(ops::operator_page))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(AppState { facilitator })

@@ -194,6 +194,39 @@ pub struct Transaction {
     pub created_at: i64,
 }
 
+/// What is still moving on one chain: the queue and the oldest payment not yet terminal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PendingSummary {
+    /// Payments queued for a batch.
+    pub queued: u64,
+    /// `created_at` (ms) of the oldest payment queued, in a batch or included.
+    pub oldest_pending_at: Option<i64>,
+}
+
+/// A settlement transaction with its batch's size, for the operator page.
+#[derive(Debug, Clone)]
+pub struct RecentTransaction {
+    pub tx: Transaction,
+    pub item_count: u64,
+    pub effective_gas_price: Option<String>,
+}
+
+/// Whether the schema is the one this build expects.
+#[derive(Debug, Clone)]
+pub struct MigrationStatus {
+    /// Versions this build carries.
+    pub expected: Vec<i64>,
+    /// Versions applied successfully in the database.
+    pub applied: Vec<i64>,
+}
+
+impl MigrationStatus {
+    /// Every migration of this build is applied.
+    pub fn complete(&self) -> bool {
+        self.expected.iter().all(|v| self.applied.contains(v))
+    }
+}
+
 /// What a mined transaction's receipt said.
 #[derive(Debug, Clone)]
 pub struct MinedTx {
@@ -210,6 +243,7 @@ pub struct Ledger {
     /// Present when this process is the database's only writer (SQLite): every key it ever claimed
     /// that can still be spent, so `/verify` learns "never seen" without a database round trip.
     keys: Option<Arc<KeyIndex>>,
+    sqlite: bool,
 }
 
 type PaymentKey = (u64, String, String, String);
@@ -311,7 +345,8 @@ impl Ledger {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Ledger, LedgerError> {
         let pool = crate::db::open(url).await?;
-        let keys = if url.starts_with("sqlite:") {
+        let sqlite = url.starts_with("sqlite:");
+        let keys = if sqlite {
             let index = KeyIndex::default();
             let now = now_ms() / 1000;
             let rows = sqlx::query(
@@ -335,7 +370,7 @@ impl Ledger {
         } else {
             None
         };
-        Ok(Ledger { pool, keys })
+        Ok(Ledger { pool, keys, sqlite })
     }
 
     /// Whether a payment that is not failed holds this key. With SQLite, a key this process never
@@ -778,6 +813,85 @@ impl Ledger {
         rows.iter()
             .map(|r| Ok((r.try_get("state")?, r.try_get("detail")?)))
             .collect()
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        if self.sqlite { "sqlite" } else { "postgres" }
+    }
+
+    /// Queue depth and the oldest unfinished payment of a chain.
+    pub async fn pending_summary(&self, chain_id: u64) -> Result<PendingSummary, LedgerError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM payments WHERE chain_id = $1 AND state = 'queued') AS queued, \
+             (SELECT MIN(created_at) FROM payments WHERE chain_id = $1 AND state IN ('queued','in_batch','included')) AS oldest",
+        )
+        .bind(i64_of(chain_id))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(PendingSummary {
+            queued: u64_of(&row, "queued")?,
+            oldest_pending_at: row.try_get("oldest")?,
+        })
+    }
+
+    /// The latest payments, newest first.
+    pub async fn recent_payments(&self, limit: usize) -> Result<Vec<Payment>, LedgerError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments ORDER BY id DESC LIMIT $1"
+        )))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(payment_of).collect()
+    }
+
+    /// The latest settlement transactions with their batch sizes, newest first (raw bytes left out).
+    pub async fn recent_transactions(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<RecentTransaction>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT t.id AS id, t.batch_id AS batch_id, t.chain_id AS chain_id, t.wallet AS wallet, t.nonce AS nonce, \
+             '' AS raw_tx, t.tx_hash AS tx_hash, t.gas_limit AS gas_limit, t.status AS status, t.gas_used AS gas_used, \
+             t.block_number AS block_number, t.created_at AS created_at, t.effective_gas_price AS effective_gas_price, \
+             b.item_count AS item_count FROM transactions t JOIN batches b ON b.id = t.batch_id ORDER BY t.id DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecentTransaction {
+                    tx: transaction_of(r)?,
+                    item_count: u64_of(r, "item_count")?,
+                    effective_gas_price: r.try_get("effective_gas_price")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Which migrations of this build are applied.
+    pub async fn migration_status(&self) -> Result<MigrationStatus, LedgerError> {
+        let migrator = if self.sqlite {
+            sqlx::migrate!("migrations/sqlite")
+        } else {
+            sqlx::migrate!("migrations/postgres")
+        };
+        let expected = migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| m.version)
+            .collect();
+        let rows =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?;
+        let applied = rows
+            .iter()
+            .map(|r| r.try_get("version"))
+            .collect::<Result<_, _>>()?;
+        Ok(MigrationStatus { expected, applied })
     }
 
     /// Is the database reachable?

@@ -23,6 +23,7 @@ use crate::ledger::{
 };
 use crate::protocol::wire::Eip3009Authorization;
 use crate::protocol::{PaymentBody, Reason, parse_facilitator_request};
+use crate::telemetry::{LaneMetrics, Metrics};
 
 /// Why a step of the lane could not finish; it is retried later, nothing is lost.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,7 @@ pub(super) struct Lane {
     next_nonce: Mutex<Option<u64>>,
     /// The most gas one plain item has used in our receipts.
     learned_item_gas: Mutex<Option<u64>>,
+    metrics: LaneMetrics,
 }
 
 fn hex_lower(b: &[u8]) -> String {
@@ -88,9 +90,12 @@ impl Lane {
         signer: PrivateKeySigner,
         config: SettlementConfig,
         waiters: Arc<Waiters>,
+        metrics: Arc<Metrics>,
     ) -> Lane {
         let wallet = signer.address();
+        let network = chains.networks()[index].chain_id.caip2();
         Lane {
+            metrics: metrics.lane(&network, &wallet.to_checksum(None)),
             ledger,
             chains,
             index,
@@ -109,12 +114,19 @@ impl Lane {
         &self.chains.networks()[self.index]
     }
 
+    fn count_ledger_error(&self, e: &LaneError) {
+        if let LaneError::Ledger(_) = e {
+            self.metrics.ledger_errors.inc();
+        }
+    }
+
     pub(super) fn chain_id(&self) -> u64 {
         self.network().chain_id.0
     }
 
     pub(super) async fn run(self: Arc<Self>, wake: mpsc::UnboundedReceiver<()>) {
         while let Err(e) = self.recover().await {
+            self.count_ledger_error(&e);
             tracing::warn!(chain = self.chain_id(), error = %e, "settlement recovery failed; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -146,6 +158,7 @@ impl Lane {
             self.send_raw(&f).await?;
             in_flight.push(f);
         }
+        self.metrics.in_flight.set(in_flight.len() as i64);
         if !in_flight.is_empty() {
             tracing::info!(
                 chain = self.chain_id(),
@@ -186,6 +199,7 @@ impl Lane {
                     Ok(items) => {
                         let full = items.len() == self.config.batch_max_items;
                         if let Err(e) = self.send_batch(items).await {
+                            self.count_ledger_error(&e);
                             tracing::warn!(chain = self.chain_id(), error = %e, "batch not sent; will retry");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             break;
@@ -195,6 +209,7 @@ impl Lane {
                         }
                     }
                     Err(e) => {
+                        self.metrics.ledger_errors.inc();
                         tracing::warn!(chain = self.chain_id(), error = %e, "cannot read queue");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
@@ -291,6 +306,7 @@ impl Lane {
         let (batch_id, tx_id) = self.ledger.record_batch(&ids, &record).await?;
         *nonce_slot = Some(nonce + 1);
         drop(nonce_slot);
+        self.metrics.batch_size.observe(ids.len() as f64);
         tracing::debug!(chain = self.chain_id(), items = ids.len(), nonce, hash = %signed.hash, gas_limit, "batch signed");
         let f = InFlight {
             tx_id,
@@ -311,7 +327,11 @@ impl Lane {
                 return Ok(());
             }
         }
-        self.in_flight.lock().await.push(f);
+        {
+            let mut in_flight = self.in_flight.lock().await;
+            in_flight.push(f);
+            self.metrics.in_flight.set(in_flight.len() as i64);
+        }
         self.in_flight_changed.notify_waiters();
         Ok(())
     }
@@ -403,6 +423,7 @@ impl Lane {
                 continue;
             }
             if let Err(e) = self.poll_receipts(&snapshot).await {
+                self.count_ledger_error(&e);
                 tracing::warn!(chain = self.chain_id(), error = %e, "receipt poll failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -462,7 +483,11 @@ impl Lane {
     }
 
     async fn forget(&self, tx_id: i64) {
-        self.in_flight.lock().await.retain(|f| f.tx_id != tx_id);
+        {
+            let mut in_flight = self.in_flight.lock().await;
+            in_flight.retain(|f| f.tx_id != tx_id);
+            self.metrics.in_flight.set(in_flight.len() as i64);
+        }
         self.in_flight_changed.notify_waiters();
     }
 
@@ -571,6 +596,15 @@ impl Lane {
         self.ledger
             .record_mined(f.tx_id, f.batch_id, &mined, &settled, confirmed)
             .await?;
+        self.metrics.batch_gas_used.observe(mined.gas_used as f64);
+        if !settled.is_empty() {
+            self.metrics
+                .payment_gas_used
+                .observe(mined.gas_used as f64 / settled.len() as f64);
+        }
+        if let Ok(price) = mined.effective_gas_price.parse::<f64>() {
+            self.metrics.effective_gas_price.set(price);
+        }
         tracing::debug!(hash = %f.hash, settled = settled.len(), unsettled = unsettled.len(), gas_used = mined.gas_used, "batch mined");
         for id in &settled {
             self.waiters.notify(*id);

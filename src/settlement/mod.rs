@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::chain::Chains;
 use crate::ledger::{Ledger, LedgerError, Payment};
+use crate::telemetry::Metrics;
 use lane::Lane;
 
 /// Tunables of the engine.
@@ -101,6 +102,7 @@ impl Settlement {
         chains: Chains,
         signer: PrivateKeySigner,
         config: SettlementConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Settlement, LedgerError> {
         let waiters = Arc::new(Waiters::default());
         let mut lanes = HashMap::new();
@@ -114,6 +116,7 @@ impl Settlement {
                 signer.clone(),
                 config.clone(),
                 waiters.clone(),
+                metrics.clone(),
             ));
             let chain_id = lane.chain_id();
             tasks.push(tokio::spawn(lane.run(rx)));
