@@ -21,6 +21,9 @@ pub enum LedgerError {
     Open(#[from] crate::db::DbError),
     #[error("ledger row is corrupt: {0}")]
     Corrupt(String),
+    /// A failure shared by every claim of one group commit.
+    #[error("database: {0}")]
+    Shared(String),
 }
 
 /// Where a payment is in its life.
@@ -244,6 +247,8 @@ pub struct Ledger {
     /// that can still be spent, so `/verify` learns "never seen" without a database round trip.
     keys: Option<Arc<KeyIndex>>,
     sqlite: bool,
+    /// Claims go to one writer task that commits them in groups.
+    claims: tokio::sync::mpsc::Sender<ClaimRequest>,
 }
 
 type PaymentKey = (u64, String, String, String);
@@ -370,7 +375,14 @@ impl Ledger {
         } else {
             None
         };
-        Ok(Ledger { pool, keys, sqlite })
+        let (claims, requests) = tokio::sync::mpsc::channel(4 * CLAIM_GROUP);
+        tokio::spawn(claim_writer(pool.clone(), requests));
+        Ok(Ledger {
+            pool,
+            keys,
+            sqlite,
+            claims,
+        })
     }
 
     /// Whether a payment that is not failed holds this key. With SQLite, a key this process never
@@ -402,32 +414,15 @@ impl Ledger {
     /// Claims a payment's key. The unique key makes concurrent claims of one authorization agree on a
     /// single row.
     pub async fn claim(&self, p: &NewPayment) -> Result<Claim, LedgerError> {
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO payments (chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, x402_version, \
-             network, request_json, deploy_target, deploy_calldata, transfer_calldata, state, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'queued',$15,$15) \
-             ON CONFLICT (chain_id, asset, payer, nonce) DO NOTHING RETURNING id",
-        )
-        .bind(i64_of(p.chain_id))
-        .bind(&p.asset)
-        .bind(&p.payer)
-        .bind(&p.nonce)
-        .bind(&p.pay_to)
-        .bind(&p.amount)
-        .bind(i64_of(p.valid_before))
-        .bind(&p.payload_digest)
-        .bind(i64::from(p.x402_version))
-        .bind(&p.network)
-        .bind(&p.request_json)
-        .bind(&p.deploy_target)
-        .bind(&p.deploy_calldata)
-        .bind(&p.transfer_calldata)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = inserted {
-            let id: i64 = row.try_get("id")?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.claims
+            .send((p.clone(), reply))
+            .await
+            .map_err(|_| LedgerError::Shared("the claim writer has stopped".into()))?;
+        let inserted = answer
+            .await
+            .map_err(|_| LedgerError::Shared("the claim writer has stopped".into()))??;
+        if let Some(id) = inserted {
             if let Some(keys) = &self.keys {
                 keys.insert(
                     (
@@ -439,11 +434,6 @@ impl Ledger {
                     p.valid_before,
                 );
             }
-            sqlx::query("INSERT INTO payment_events (payment_id, state, detail, at) VALUES ($1,'received',NULL,$2), ($1,'queued',NULL,$2)")
-                .bind(id)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
             return Ok(Claim::New(id));
         }
         let existing = self
@@ -917,4 +907,83 @@ async fn event(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// A claim waiting for the writer: the payment and where to send its new id (`None`: key taken).
+type ClaimRequest = (
+    NewPayment,
+    tokio::sync::oneshot::Sender<Result<Option<i64>, LedgerError>>,
+);
+
+/// Most claims committed together.
+const CLAIM_GROUP: usize = 256;
+
+/// The one task that writes claims: whatever arrived while the last commit ran is committed in one
+/// transaction (group commit), so concurrent `/settle` calls share one fsync instead of queueing
+/// for SQLite's write lock one by one.
+async fn claim_writer(pool: AnyPool, mut requests: tokio::sync::mpsc::Receiver<ClaimRequest>) {
+    let mut group = Vec::with_capacity(CLAIM_GROUP);
+    while requests.recv_many(&mut group, CLAIM_GROUP).await > 0 {
+        match insert_claims(&pool, &group).await {
+            Ok(ids) => {
+                for ((_, reply), id) in group.drain(..).zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(LedgerError::Shared(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn insert_claims(
+    pool: &AnyPool,
+    group: &[ClaimRequest],
+) -> Result<Vec<Option<i64>>, LedgerError> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(group.len());
+    for (p, _) in group {
+        let inserted = sqlx::query(
+            "INSERT INTO payments (chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, x402_version, \
+             network, request_json, deploy_target, deploy_calldata, transfer_calldata, state, created_at, updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'queued',$15,$15) \
+             ON CONFLICT (chain_id, asset, payer, nonce) DO NOTHING RETURNING id",
+        )
+        .bind(i64_of(p.chain_id))
+        .bind(&p.asset)
+        .bind(&p.payer)
+        .bind(&p.nonce)
+        .bind(&p.pay_to)
+        .bind(&p.amount)
+        .bind(i64_of(p.valid_before))
+        .bind(&p.payload_digest)
+        .bind(i64::from(p.x402_version))
+        .bind(&p.network)
+        .bind(&p.request_json)
+        .bind(&p.deploy_target)
+        .bind(&p.deploy_calldata)
+        .bind(&p.transfer_calldata)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = match inserted {
+            Some(row) => Some(row.try_get::<i64, _>("id")?),
+            None => None,
+        };
+        if let Some(id) = id {
+            sqlx::query("INSERT INTO payment_events (payment_id, state, detail, at) VALUES ($1,'received',NULL,$2), ($1,'queued',NULL,$2)")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        ids.push(id);
+    }
+    tx.commit().await?;
+    Ok(ids)
 }
