@@ -1,0 +1,117 @@
+//! `x402d dev`, the README's first command: it comes up with a local chain, Dial and funded payers,
+//! `--env-out` describes it well enough to pay, and SIGTERM stops everything it started.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use alloy::signers::local::PrivateKeySigner;
+use serde_json::Value;
+use x402d::client::{PayRequest, pay};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn dev_env_out_pays_and_sigterm_stops_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_path = dir.path().join("env.json");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["dev", "--payers", "2", "--port", &port.to_string()])
+        .arg("--env-out")
+        .arg(&env_path)
+        .arg("--ledger-url")
+        .arg(format!("sqlite://{}/dev.db", dir.path().display()))
+        .env("X402D_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut env: Option<Value> = None;
+    for _ in 0..300 {
+        if let Ok(text) = std::fs::read_to_string(&env_path)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            env = Some(v);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let env = env.expect("x402d dev wrote --env-out");
+    for key in [
+        "rpc_url",
+        "chain_id",
+        "network",
+        "usdc",
+        "eip712_name",
+        "eip712_version",
+        "facilitator_url",
+        "merchant_url",
+        "pay_to",
+        "gas_wallets",
+        "payer_keys",
+    ] {
+        assert!(!env[key].is_null(), "{key} missing from {env}");
+    }
+    assert_eq!(env["chain_id"], 84532);
+    assert_eq!(env["network"], "eip155:84532");
+    assert_eq!(env["usdc"], "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+    assert_eq!(env["payer_keys"].as_array().unwrap().len(), 2);
+
+    // Pay Dial with a key from the file, exactly as a newcomer would.
+    let payer: PrivateKeySigner = env["payer_keys"][0].as_str().unwrap().parse().unwrap();
+    let merchant = env["merchant_url"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let out = pay(
+        &http,
+        &payer,
+        &PayRequest {
+            method: reqwest::Method::POST,
+            url: format!("{merchant}/api/v1/sms/send"),
+            body: Some(r#"{"to":"+14155550100","message":"hello from x402d dev"}"#.into()),
+            headers: Vec::new(),
+            network: Some(env["network"].as_str().unwrap().to_owned()),
+            asset: None,
+            max_amount: "1".into(),
+            force_v1: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    let receipt = out.receipt.expect("a settlement receipt");
+    assert!(receipt.success);
+    assert_eq!(receipt.network, "eip155:84532");
+
+    // SIGTERM: the process exits cleanly and its anvil is gone.
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("x402d dev stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let rpc = env["rpc_url"].as_str().unwrap();
+    let after = http
+        .post(rpc)
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}),
+        )
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(
+        after.is_err(),
+        "anvil still answers at {rpc} after x402d dev stopped"
+    );
+}
