@@ -222,6 +222,16 @@ pub struct SettlementSection {
     pub rebroadcast_after_seconds: u64,
     #[serde(default = "default_lookback")]
     pub log_lookback_blocks: u64,
+    /// A transaction not mined after this long is replaced at the same nonce with higher fees.
+    #[serde(default = "default_replace_after")]
+    pub replace_after_seconds: u64,
+    /// After inclusion, each settled payment's block is re-checked for this many blocks (reorgs);
+    /// past it the payment is final. Default: about 20 minutes of Base blocks.
+    #[serde(default = "default_finality")]
+    pub finality_blocks: u64,
+    /// At most this many of one gas wallet's transactions in flight (node pools take ~16).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight_per_wallet: usize,
 }
 
 impl Default for SettlementSection {
@@ -234,8 +244,21 @@ impl Default for SettlementSection {
             receipt_poll_ms: default_receipt_poll(),
             rebroadcast_after_seconds: default_rebroadcast(),
             log_lookback_blocks: default_lookback(),
+            replace_after_seconds: default_replace_after(),
+            finality_blocks: default_finality(),
+            max_in_flight_per_wallet: default_max_in_flight(),
         }
     }
+}
+
+fn default_replace_after() -> u64 {
+    20
+}
+fn default_finality() -> u64 {
+    600
+}
+fn default_max_in_flight() -> usize {
+    12
 }
 
 fn one() -> u64 {
@@ -300,6 +323,50 @@ pub struct NetworkConfig {
     pub builtin_tokens: bool,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// EIP-1559 fee policy of this chain's settlement transactions.
+    #[serde(default)]
+    pub fees: FeeConfig,
+    /// The most wei all gas wallets together may spend on this chain in 24 hours (L1 fee
+    /// included); none by default. Over it, payments wait (visible in `/status`).
+    #[serde(default)]
+    pub daily_gas_budget_wei: Option<u64>,
+}
+
+/// A chain's fee policy: `max_fee_per_gas = next base fee × base_fee_multiplier + tip`, the tip the
+/// `tip_percentile` of recent blocks' tips but at least `min_tip_wei`, never above `max_fee_per_gas_wei`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeConfig {
+    #[serde(default = "default_multiplier")]
+    pub base_fee_multiplier: f64,
+    #[serde(default = "default_tip_percentile")]
+    pub tip_percentile: f64,
+    #[serde(default = "default_min_tip")]
+    pub min_tip_wei: u64,
+    /// A hard ceiling: a batch that cannot be sent under it waits, and is never sent above it.
+    #[serde(default)]
+    pub max_fee_per_gas_wei: Option<u64>,
+}
+
+impl Default for FeeConfig {
+    fn default() -> Self {
+        FeeConfig {
+            base_fee_multiplier: default_multiplier(),
+            tip_percentile: default_tip_percentile(),
+            min_tip_wei: default_min_tip(),
+            max_fee_per_gas_wei: None,
+        }
+    }
+}
+
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_tip_percentile() -> f64 {
+    50.0
+}
+fn default_min_tip() -> u64 {
+    1_000_000
 }
 
 fn yes() -> bool {
@@ -358,6 +425,9 @@ pub struct GasWalletsConfig {
     /// Private keys of the gas wallets, normally `$VAR` references.
     #[serde(default)]
     pub private_keys: Vec<Secret>,
+    /// Files each holding one gas wallet's private key (hex), e.g. mounted secrets.
+    #[serde(default)]
+    pub key_files: Vec<std::path::PathBuf>,
 }
 
 impl Config {
@@ -418,6 +488,33 @@ impl Config {
                 }
             }
         }
+        for (i, n) in self.networks.iter().enumerate() {
+            let f = &n.fees;
+            if !(1.0..=100.0).contains(&f.base_fee_multiplier) {
+                return Err(key_error(
+                    format!("networks[{i}].fees.base_fee_multiplier"),
+                    "must be between 1 and 100",
+                ));
+            }
+            if !(0.0..=100.0).contains(&f.tip_percentile) {
+                return Err(key_error(
+                    format!("networks[{i}].fees.tip_percentile"),
+                    "must be between 0 and 100",
+                ));
+            }
+            if f.max_fee_per_gas_wei == Some(0) {
+                return Err(key_error(
+                    format!("networks[{i}].fees.max_fee_per_gas_wei"),
+                    "must be above 0 (leave it out for no ceiling)",
+                ));
+            }
+        }
+        if self.settlement.max_in_flight_per_wallet == 0 {
+            return Err(key_error(
+                "settlement.max_in_flight_per_wallet",
+                "must be at least 1",
+            ));
+        }
         if self.settlement.confirmations == 0 {
             return Err(key_error("settlement.confirmations", "must be at least 1"));
         }
@@ -443,21 +540,33 @@ impl Config {
         self.gas_wallet_signers().map(|_| ())
     }
 
-    /// The gas wallets' signers.
+    /// The gas wallets' signers: every inline key, then every key file; each wallet once.
     pub fn gas_wallet_signers(&self) -> Result<Vec<PrivateKeySigner>, ConfigError> {
-        self.gas_wallets
-            .private_keys
-            .iter()
-            .enumerate()
-            .map(|(i, key)| {
-                key.0.trim().parse::<PrivateKeySigner>().map_err(|_| {
-                    key_error(
-                        format!("gas_wallets.private_keys[{i}]"),
-                        "not a 32-byte hex private key",
-                    )
-                })
-            })
-            .collect()
+        let not_a_key = |key: String| key_error(key, "not a 32-byte hex private key");
+        let mut signers: Vec<PrivateKeySigner> = Vec::new();
+        for (i, key) in self.gas_wallets.private_keys.iter().enumerate() {
+            let signer = key
+                .0
+                .trim()
+                .parse::<PrivateKeySigner>()
+                .map_err(|_| not_a_key(format!("gas_wallets.private_keys[{i}]")))?;
+            signers.push(signer);
+        }
+        for (i, path) in self.gas_wallets.key_files.iter().enumerate() {
+            let name = format!("gas_wallets.key_files[{i}]");
+            // The error names the file, never its content.
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                key_error(name.clone(), format!("cannot read {}: {e}", path.display()))
+            })?;
+            let signer = text
+                .trim()
+                .parse::<PrivateKeySigner>()
+                .map_err(|_| not_a_key(name.clone()))?;
+            signers.push(signer);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        signers.retain(|s| seen.insert(s.address()));
+        Ok(signers)
     }
 }
 

@@ -96,10 +96,4 @@ pub fn placeholders(from: usize, n: usize) -> String {
         .join(",")
 }
 
-/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;

@@ -21,6 +21,12 @@ pub struct DevOptions {
     pub env_out: Option<PathBuf>,
     /// The ledger (and Dial's records); a fresh file per run by default.
     pub ledger_url: String,
+    /// Gas wallets to fund and settle from (each is a lane).
+    pub gas_wallets: usize,
+    /// Start only the chain (contracts, funded wallets) and write a config for `x402d serve`.
+    pub chain_only: bool,
+    /// Where the ready `x402d.toml` is written.
+    pub config_out: PathBuf,
 }
 
 /// The environment `x402d dev` created, as `--env-out` writes it.
@@ -37,25 +43,37 @@ pub struct DevEnvironment {
     pub pay_to: String,
     pub gas_wallets: Vec<String>,
     pub payer_keys: Vec<String>,
+    /// The gas wallets' private keys (a dev chain's throwaway keys), in the order of `gas_wallets`.
+    pub gas_wallet_keys: Vec<String>,
+    /// A ready `x402d.toml` for `x402d serve` against this chain (keys inline: dev chain only).
+    pub config: String,
+    /// Whether this process serves x402d itself (false with `--chain-only`).
+    pub serving: bool,
 }
 
 /// A running dev environment; dropping it stops anvil.
 pub struct DevStack {
     pub chain: DevChain,
-    pub server: RunningServer,
+    /// `None` with `--chain-only`.
+    pub server: Option<RunningServer>,
     pub env: DevEnvironment,
 }
 
 /// USDC minted to each dev payer: $1,000.
 const PAYER_FUNDS: u64 = 1_000_000_000;
 
-/// Starts anvil, places the contracts, funds a gas wallet and the payers, and starts the service.
+/// Starts anvil, places the contracts, funds the gas wallets and the payers, writes a ready config,
+/// and (unless `chain_only`) starts the service with it.
 pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     let chain = DevChain::start(opts.chain_id, None).await?;
-    let gas = PrivateKeySigner::random();
-    chain
-        .fund_eth(gas.address(), U256::from(10u128.pow(20)))
-        .await?;
+    let mut gas = Vec::new();
+    for _ in 0..opts.gas_wallets.max(1) {
+        let g = PrivateKeySigner::random();
+        chain
+            .fund_eth(g.address(), U256::from(10u128.pow(20)))
+            .await?;
+        gas.push(g);
+    }
     let mut payer_keys = Vec::new();
     for _ in 0..opts.payers {
         let p = PrivateKeySigner::random();
@@ -64,23 +82,43 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
             .await?;
         payer_keys.push(format!("0x{}", alloy::hex::encode(p.to_bytes())));
     }
+    let gas_wallet_keys: Vec<String> = gas
+        .iter()
+        .map(|g| format!("0x{}", alloy::hex::encode(g.to_bytes())))
+        .collect();
     let pay_to = PrivateKeySigner::random().address();
+    let url = format!("http://127.0.0.1:{}", opts.port);
+    let keys = gas_wallet_keys
+        .iter()
+        .map(|k| format!("\"{k}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n[exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [\"$X402D_DEV_GAS_KEY\"]\n[ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\n",
+        "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n\
+         [exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [{keys}]\n\
+         [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\n",
         ledger = opts.ledger_url,
-        pay_to = pay_to,
         port = opts.port,
         chain_id = opts.chain_id,
         rpc = chain.rpc_url(),
         factory = chain.wallet_factory,
     );
-    let env_vars = BTreeMap::from([(
-        "X402D_DEV_GAS_KEY".to_owned(),
-        alloy::hex::encode(gas.to_bytes()),
-    )]);
-    let config = Config::from_toml(&text, &env_vars)?;
-    let server = RunningServer::start(&config).await?;
-    let url = server.url();
+    if let Some(dir) = opts
+        .config_out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.config_out, &text)?;
+    let server = if opts.chain_only {
+        None
+    } else {
+        let config = Config::from_toml(&text, &BTreeMap::new())?;
+        Some(RunningServer::start(&config).await?)
+    };
+    let url = server.as_ref().map_or(url, RunningServer::url);
     let env = DevEnvironment {
         rpc_url: chain.rpc_url(),
         chain_id: opts.chain_id,
@@ -91,8 +129,11 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         facilitator_url: url.clone(),
         merchant_url: url,
         pay_to: pay_to.to_checksum(None),
-        gas_wallets: vec![gas.address().to_checksum(None)],
+        gas_wallets: gas.iter().map(|g| g.address().to_checksum(None)).collect(),
         payer_keys,
+        gas_wallet_keys,
+        config: opts.config_out.display().to_string(),
+        serving: server.is_some(),
     };
     if let Some(path) = &opts.env_out {
         std::fs::write(path, serde_json::to_string_pretty(&env)?)?;
@@ -106,8 +147,18 @@ pub fn next_steps(env: &DevEnvironment) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "x402d".into());
     let key = env.payer_keys.first().map(String::as_str).unwrap_or("0x…");
+    if !env.serving {
+        return format!(
+            "x402d dev --chain-only: the dev chain is running\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallets  {gas}\n  config       {config}\n\nServe against it:\n  {exe} serve --config {config}\n\nCtrl-C stops the chain.\n",
+            rpc = env.rpc_url,
+            id = env.chain_id,
+            usdc = env.usdc,
+            gas = env.gas_wallets.join(", "),
+            config = env.config,
+        );
+    }
     format!(
-        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallet   {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
+        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallets  {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
         f = env.facilitator_url,
         m = env.merchant_url,
         pay_to = env.pay_to,

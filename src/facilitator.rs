@@ -4,19 +4,20 @@ pub mod ops;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, keccak256};
+use alloy::primitives::{Address, B256, keccak256};
 
 use crate::chain::{Chains, RpcError};
 use crate::config::{Config, ConfigError};
 use crate::exact::{
     self, ExactPayment, ExactPolicy, Invalid, SettlementCall, SignatureClass, VerifyError,
 };
-use crate::ledger::{Claim, Ledger, LedgerError, NewPayment, Payment, PaymentState};
+use crate::ledger::{Claim, Deploy, Ledger, LedgerError, NewPayment, Payment, PaymentState};
 use crate::protocol::wire::{SettleResponse, SupportedKind, SupportedResponse, VerifyResponse};
 use crate::protocol::{FacilitatorRequest, Reason, X402Version};
-use crate::settlement::{Settlement, SettlementConfig};
+use crate::settlement::fees::FeePolicy;
+use crate::settlement::{ChainPolicy, ChainView, Settlement, SettlementConfig};
 use crate::telemetry::{Metrics, NetworkMetrics, UNSERVED_NETWORK};
 
 /// A fault of ours or of the chain, not of the client: answered 5xx.
@@ -28,6 +29,12 @@ pub enum FacilitatorError {
     Ledger(#[from] LedgerError),
     #[error("settlement is not configured (no gas wallet)")]
     SettlementUnavailable,
+    /// Every gas wallet of the chain lacks ETH. The payment is queued and settles once one is
+    /// funded; the same payload sent again then answers its outcome.
+    #[error(
+        "every gas wallet on {network} is out of ETH: the payment is queued and settles once a wallet is funded; retry with the same payload"
+    )]
+    GasWalletsDry { network: String },
 }
 
 impl From<VerifyError> for Result<Invalid, FacilitatorError> {
@@ -96,21 +103,39 @@ impl Facilitator {
             batch_max_items: s.batch_max_items,
             receipt_poll: Duration::from_millis(s.receipt_poll_ms),
             rebroadcast_after: Duration::from_secs(s.rebroadcast_after_seconds),
+            replace_after: Duration::from_secs(s.replace_after_seconds),
             log_lookback_blocks: s.log_lookback_blocks,
-            ..SettlementConfig::default()
+            finality_blocks: s.finality_blocks,
+            max_in_flight: s.max_in_flight_per_wallet,
+            valid_before_buffer_seconds: config.exact.valid_before_buffer_seconds,
         };
-        let settlement = match signers.first() {
-            Some(signer) => Some(
+        let policies = config
+            .networks
+            .iter()
+            .map(|n| ChainPolicy {
+                fees: FeePolicy {
+                    base_fee_multiplier: n.fees.base_fee_multiplier,
+                    tip_percentile: n.fees.tip_percentile,
+                    min_tip: u128::from(n.fees.min_tip_wei),
+                    max_fee_per_gas: n.fees.max_fee_per_gas_wei.map(u128::from),
+                },
+                daily_budget_wei: n.daily_gas_budget_wei.map(alloy::primitives::U256::from),
+            })
+            .collect();
+        let settlement = if signers.is_empty() {
+            None
+        } else {
+            Some(
                 Settlement::start(
                     ledger.clone(),
                     chains.clone(),
-                    signer.clone(),
+                    signers.clone(),
                     engine_config,
+                    policies,
                     metrics.clone(),
                 )
                 .await?,
-            ),
-            None => None,
+            )
         };
         Ok(Facilitator {
             chains,
@@ -163,6 +188,14 @@ impl Facilitator {
         &self.ledger
     }
 
+    /// The settlement engine's lanes per chain and why a queue waits, if one does.
+    pub fn settlement_views(&self) -> Vec<ChainView> {
+        self.settlement
+            .as_ref()
+            .map(Settlement::views)
+            .unwrap_or_default()
+    }
+
     /// Verifies a payment. An invalid payment is an `Ok` answer with `isValid: false`.
     pub async fn verify(
         &self,
@@ -194,9 +227,9 @@ impl Facilitator {
             .ledger
             .holds(
                 payment.network.chain_id.0,
-                &key_asset(&payment),
-                &key_payer(&payment),
-                &key_nonce(&payment),
+                payment.token.address,
+                payment.authorization().from,
+                payment.authorization().nonce,
             )
             .await
         {
@@ -264,18 +297,14 @@ impl Facilitator {
             .ok_or(FacilitatorError::SettlementUnavailable)?;
         let digest = payload_digest(&payment);
         let chain_id = payment.network.chain_id.0;
-        if let Some(existing) = self
-            .ledger
-            .find(
-                chain_id,
-                &key_asset(&payment),
-                &key_payer(&payment),
-                &key_nonce(&payment),
-            )
-            .await?
+        let auth = payment.authorization();
+        let (asset, from, nonce) = (payment.token.address, auth.from, auth.nonce);
+        let existing = self.ledger.find(chain_id, asset, from, nonce).await?;
+        if let Some(existing) = &existing
+            && existing.state.holds_key()
         {
             return self
-                .join(settlement, request, &payment, existing, &digest)
+                .join(settlement, request, &payment, existing.clone(), digest)
                 .await;
         }
         let call = match self.settlement_call(payment).await {
@@ -289,34 +318,75 @@ impl Facilitator {
         };
         let new = NewPayment {
             chain_id,
-            asset: key_asset(&payment),
-            payer: key_payer(&payment),
-            nonce: key_nonce(&payment),
-            pay_to: hex(payment.authorization().to.as_slice()),
-            amount: payment.authorization().value.to_string(),
+            asset,
+            payer: from,
+            nonce,
+            pay_to: payment.authorization().to,
+            amount: payment.authorization().value.0,
             valid_before: u64::try_from(payment.authorization().valid_before).unwrap_or(u64::MAX),
-            payload_digest: digest.clone(),
+            payload_digest: digest,
             x402_version: request.version.number(),
             network: network.clone(),
             request_json: String::from_utf8_lossy(raw_request).into_owned(),
-            deploy_target: call.deploy.as_ref().map(|(a, _)| hex(a.as_slice())),
-            deploy_calldata: call.deploy.as_ref().map(|(_, d)| hex(d)),
-            transfer_calldata: hex(&call.transfer),
+            deploy: call
+                .deploy
+                .map(|(factory, calldata)| Deploy { factory, calldata }),
+            transfer_calldata: call.transfer,
         };
-        match self.ledger.claim(&new).await? {
-            Claim::New(id) => {
-                settlement.wake(chain_id);
-                let outcome = settlement.wait(id, self.deadline(request)).await?;
-                Ok((
-                    settle_answer(request.version, &network, &outcome),
-                    outcome_of(&outcome),
-                ))
+        // A refused payment does not hold its key: this submission takes it over, afresh.
+        let id = match existing {
+            Some(refused) => {
+                if !self.ledger.reclaim(refused.id, &new).await? {
+                    let current = self.ledger.payment(refused.id).await?.ok_or_else(|| {
+                        LedgerError::Corrupt(format!("payment {} vanished", refused.id))
+                    })?;
+                    return self
+                        .join(settlement, request, &payment, current, digest)
+                        .await;
+                }
+                refused.id
             }
-            Claim::Existing(existing) => {
-                self.join(settlement, request, &payment, *existing, &digest)
-                    .await
-            }
+            None => match self.ledger.claim(&new).await? {
+                Claim::New(id) => id,
+                Claim::Existing(existing) => {
+                    return self
+                        .join(settlement, request, &payment, *existing, digest)
+                        .await;
+                }
+            },
+        };
+        settlement.wake(chain_id);
+        self.wait_for(settlement, request, &network, id).await
+    }
+
+    /// Waits for a payment's outcome; with every gas wallet of its chain dry, answers at once (503).
+    async fn wait_for(
+        &self,
+        settlement: &Settlement,
+        request: &FacilitatorRequest,
+        network: &str,
+        id: i64,
+    ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
+        let chain_id = self
+            .chains
+            .resolve(request.version, &request.requirements.network)
+            .map(|n| n.chain_id.0)
+            .unwrap_or_default();
+        let timeout = if settlement.can_pay(chain_id) {
+            self.deadline(request)
+        } else {
+            Duration::ZERO
+        };
+        let outcome = settlement.wait(id, timeout).await?;
+        if !outcome.state.is_terminal() && !settlement.can_pay(chain_id) {
+            return Err(FacilitatorError::GasWalletsDry {
+                network: network.to_owned(),
+            });
         }
+        Ok((
+            settle_answer(request.version, network, &outcome),
+            outcome_of(&outcome),
+        ))
     }
 
     /// A second arrival of an authorization we hold: the same payload shares the first one's
@@ -327,7 +397,7 @@ impl Facilitator {
         request: &FacilitatorRequest,
         payment: &ExactPayment<'_>,
         existing: Payment,
-        digest: &str,
+        digest: B256,
     ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
         let network = payment.network.wire_name(request.version);
         if existing.payload_digest != digest {
@@ -345,11 +415,8 @@ impl Facilitator {
             return Ok((answer, Reason::NonceAlreadyUsed.code()));
         }
         self.metrics_for(request).duplicates_joined.inc();
-        let outcome = settlement.wait(existing.id, self.deadline(request)).await?;
-        Ok((
-            settle_answer(request.version, &network, &outcome),
-            outcome_of(&outcome),
-        ))
+        self.wait_for(settlement, request, &network, existing.id)
+            .await
     }
 
     /// How to settle: for a plain key that recovers locally, no RPC is needed now (the batcher
@@ -414,36 +481,22 @@ fn error_outcome(e: &FacilitatorError) -> &'static str {
         FacilitatorError::ChainUnavailable(_) => "chain_unavailable",
         FacilitatorError::Ledger(_) => "ledger_unavailable",
         FacilitatorError::SettlementUnavailable => "settlement_unavailable",
+        FacilitatorError::GasWalletsDry { .. } => "gas_wallets_dry",
     }
 }
 
 fn describe(state: PaymentState) -> &'static str {
     match state {
-        PaymentState::Confirmed | PaymentState::Included => "settled",
+        PaymentState::Confirmed | PaymentState::Final | PaymentState::Included => "settled",
+        PaymentState::Failed | PaymentState::Lost => "spent",
         _ => "being settled",
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    format!("0x{}", alloy::hex::encode(b))
-}
-
-fn key_asset(p: &ExactPayment<'_>) -> String {
-    hex(p.token.address.as_slice())
-}
-
-fn key_payer(p: &ExactPayment<'_>) -> String {
-    hex(p.authorization().from.as_slice())
-}
-
-fn key_nonce(p: &ExactPayment<'_>) -> String {
-    hex(p.authorization().nonce.as_slice())
-}
-
 /// Identifies the exact signed payload (authorization and signature).
-fn payload_digest(p: &ExactPayment<'_>) -> String {
+fn payload_digest(p: &ExactPayment<'_>) -> B256 {
     let canonical = serde_json::to_vec(p.payload).unwrap_or_default();
-    hex(keccak256(canonical).as_slice())
+    keccak256(canonical)
 }
 
 fn verify_response(
@@ -488,8 +541,8 @@ fn settle_failure(
 /// The outcome label of a payment's latest state, as [`settle_answer`] reports it.
 fn outcome_of(p: &Payment) -> &'static str {
     match p.state {
-        PaymentState::Confirmed => "success",
-        PaymentState::Failed => p
+        PaymentState::Confirmed | PaymentState::Final => "success",
+        PaymentState::Failed | PaymentState::Refused | PaymentState::Lost => p
             .fail_reason
             .as_deref()
             .and_then(Reason::from_code)
@@ -501,10 +554,10 @@ fn outcome_of(p: &Payment) -> &'static str {
 
 /// The answer for a payment's latest state: confirmed, failed, or still pending at the deadline.
 fn settle_answer(version: X402Version, network: &str, p: &Payment) -> SettleResponse {
-    let payer = p.payer.parse::<Address>().ok();
-    let transaction = p.tx_hash.clone().unwrap_or_default();
+    let payer = Some(p.payer);
+    let transaction = p.tx_hash.map(|h| h.to_string()).unwrap_or_default();
     match p.state {
-        PaymentState::Confirmed => SettleResponse {
+        PaymentState::Confirmed | PaymentState::Final => SettleResponse {
             success: true,
             error_reason: None,
             error_message: None,
@@ -512,7 +565,7 @@ fn settle_answer(version: X402Version, network: &str, p: &Payment) -> SettleResp
             transaction,
             network: network.to_owned(),
         },
-        PaymentState::Failed => {
+        PaymentState::Failed | PaymentState::Refused | PaymentState::Lost => {
             let reason = p
                 .fail_reason
                 .as_deref()
@@ -540,10 +593,4 @@ fn settle_answer(version: X402Version, network: &str, p: &Payment) -> SettleResp
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;

@@ -48,6 +48,13 @@ enum Command {
         /// each run, so old records would describe a chain that no longer exists).
         #[arg(long)]
         ledger_url: Option<String>,
+        /// Gas wallets to fund and settle from (each is a lane with its own nonce).
+        #[arg(long, default_value_t = 1)]
+        gas_wallets: usize,
+        /// Start only the dev chain (contracts, funded gas wallets and payers) and write a ready
+        /// config for `x402d serve` (its path is `config` in the --env-out file).
+        #[arg(long)]
+        chain_only: bool,
     },
     /// Load tests against a local chain this command sets up (needs `wrk`).
     Bench {
@@ -167,26 +174,28 @@ async fn main() -> anyhow::Result<()> {
             payers,
             env_out,
             ledger_url,
+            gas_wallets,
+            chain_only,
         } => {
-            let ledger_url = ledger_url.unwrap_or_else(|| {
-                format!(
-                    "sqlite://x402d-data/dev-{}.db",
-                    x402d::facilitator::unix_now()
-                )
-            });
+            let run = x402d::clock::unix_now();
+            let ledger_url =
+                ledger_url.unwrap_or_else(|| format!("sqlite://x402d-data/dev-{run}.db"));
             let opts = x402d::devmode::DevOptions {
                 port,
                 chain_id,
                 payers,
                 env_out,
                 ledger_url,
+                gas_wallets,
+                chain_only,
+                config_out: PathBuf::from(format!("x402d-data/dev-{run}.toml")),
             };
             let stack = x402d::devmode::start(&opts).await?;
             println!("{}", x402d::devmode::next_steps(&stack.env));
-            stack
-                .server
-                .serve_until(x402d::server::shutdown_signal())
-                .await?;
+            match stack.server {
+                Some(server) => server.serve_until(x402d::server::shutdown_signal()).await?,
+                None => x402d::server::shutdown_signal().await,
+            }
             drop(stack.chain);
             tracing::info!("stopped");
         }

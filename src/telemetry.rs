@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label value for a request naming a network we do not serve: client-chosen strings never become
@@ -44,6 +44,10 @@ pub struct Metrics {
     pub wallet_nonce: IntGaugeVec,
     pub tx_replacements: IntCounterVec,
     pub reorgs_handled: IntCounterVec,
+    pub payments_lost: IntCounterVec,
+    pub lane_resyncs: IntCounterVec,
+    pub settlement_waiting: IntGaugeVec,
+    pub payment_cost_wei: GaugeVec,
     pub duplicates_joined: IntCounterVec,
     pub rpc_requests: IntCounterVec,
     pub rpc_errors: IntCounterVec,
@@ -224,7 +228,27 @@ impl Metrics {
             ),
             reorgs_handled: counter_vec(
                 "x402d_reorgs_handled_total",
-                "Chain reorganisations that un-included a settlement transaction",
+                "Settled payments a reorg un-included whose authorization was resubmitted",
+                &["network"],
+            ),
+            payments_lost: counter_vec(
+                "x402d_payments_lost_total",
+                "Settled payments a reorg un-included after their authorization expired (the payee was not paid)",
+                &["network"],
+            ),
+            lane_resyncs: counter_vec(
+                "x402d_lane_resyncs_total",
+                "Times a gas wallet's lane resynchronised its nonce from the chain (nonce disturbances)",
+                &["network", "wallet"],
+            ),
+            settlement_waiting: int_gauge_vec(
+                "x402d_settlement_waiting",
+                "1 while queued payments cannot be sent (fee ceiling, gas budget, every wallet dry); the reason is in /status",
+                &["network"],
+            ),
+            payment_cost_wei: gauge_vec(
+                "x402d_payment_cost_wei",
+                "What the last mined settlement transaction cost per payment it settled (gas × price + L1 fee)",
                 &["network"],
             ),
             duplicates_joined: counter_vec(
@@ -255,7 +279,7 @@ impl Metrics {
             .unwrap_or_else(|e| unreachable("x402d_ledger_errors_total", e)),
             history: Mutex::new(History::default()),
         };
-        let collectors: [Box<dyn Collector>; 22] = [
+        let collectors: [Box<dyn Collector>; 26] = [
             Box::new(m.http_requests.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.verify_total.clone()),
@@ -273,6 +297,10 @@ impl Metrics {
             Box::new(m.wallet_nonce.clone()),
             Box::new(m.tx_replacements.clone()),
             Box::new(m.reorgs_handled.clone()),
+            Box::new(m.payments_lost.clone()),
+            Box::new(m.lane_resyncs.clone()),
+            Box::new(m.settlement_waiting.clone()),
+            Box::new(m.payment_cost_wei.clone()),
             Box::new(m.duplicates_joined.clone()),
             Box::new(m.rpc_requests.clone()),
             Box::new(m.rpc_errors.clone()),
@@ -307,10 +335,12 @@ impl Metrics {
         for c in [
             &self.tx_replacements,
             &self.reorgs_handled,
+            &self.payments_lost,
             &self.duplicates_joined,
         ] {
             c.with_label_values(&[network]);
         }
+        self.settlement_waiting.with_label_values(&[network]);
         self.queue_depth.with_label_values(&[network]);
         self.oldest_pending_age.with_label_values(&[network]);
         self.settle_total.with_label_values(&[network, "success"]);
@@ -326,18 +356,6 @@ impl Metrics {
             duplicates_joined: self.duplicates_joined.with_label_values(&[network]),
             verify_total: self.verify_total.clone(),
             settle_total: self.settle_total.clone(),
-        }
-    }
-
-    /// The series of one gas wallet on one network, resolved once.
-    pub fn lane(&self, network: &str, wallet: &str) -> LaneMetrics {
-        LaneMetrics {
-            batch_size: self.batch_size.with_label_values(&[network]),
-            batch_gas_used: self.batch_gas_used.with_label_values(&[network]),
-            payment_gas_used: self.payment_gas_used.with_label_values(&[network]),
-            effective_gas_price: self.effective_gas_price.with_label_values(&[network]),
-            in_flight: self.wallet_in_flight.with_label_values(&[network, wallet]),
-            ledger_errors: self.ledger_errors.clone(),
         }
     }
 
@@ -361,7 +379,7 @@ impl Metrics {
             histogram_totals(&self.verify_duration),
             histogram_totals(&self.settle_duration),
         ];
-        let t = crate::facilitator::unix_now();
+        let t = crate::clock::unix_now();
         let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some(last), Some(at)) = (h.last, h.last_at) {
             let secs = now.duration_since(at).as_secs_f64().max(0.001);
@@ -466,17 +484,6 @@ impl NetworkMetrics {
             .inc();
         self.settle_duration.observe(elapsed.as_secs_f64());
     }
-}
-
-/// The series a settlement lane writes.
-#[derive(Clone)]
-pub struct LaneMetrics {
-    pub batch_size: Histogram,
-    pub batch_gas_used: Histogram,
-    pub payment_gas_used: Histogram,
-    pub effective_gas_price: Gauge,
-    pub in_flight: IntGauge,
-    pub ledger_errors: IntCounter,
 }
 
 /// The series of one RPC endpoint.

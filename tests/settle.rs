@@ -56,13 +56,11 @@ async fn assert_no_reverted_transactions(h: &Harness) -> usize {
             t.tx_hash,
             t.status
         );
-        let receipt = alloy::providers::Provider::get_transaction_receipt(
-            h.chain.provider(),
-            t.tx_hash.parse().unwrap(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let receipt =
+            alloy::providers::Provider::get_transaction_receipt(h.chain.provider(), t.tx_hash)
+                .await
+                .unwrap()
+                .unwrap();
         assert!(
             receipt.status(),
             "transaction {} reverted on chain",
@@ -165,9 +163,11 @@ async fn fifty_copies_of_one_payload_broadcast_once(backend: Backend) {
     );
 }
 
-on_both_backends!(a_payer_who_spent_the_balance_fails_alone_before_broadcast);
-async fn a_payer_who_spent_the_balance_fails_alone_before_broadcast(backend: Backend) {
-    let Some(h) = harness(backend, "batch_window_ms = 1500").await else {
+on_both_backends!(a_payer_who_spent_the_balance_is_refused_alone_then_settles_after_a_top_up);
+async fn a_payer_who_spent_the_balance_is_refused_alone_then_settles_after_a_top_up(
+    backend: Backend,
+) {
+    let Some(h) = harness(backend, "").await else {
         return;
     };
     let payers = h.funded_payers(5, ONE_CENT).await;
@@ -176,22 +176,19 @@ async fn a_payer_who_spent_the_balance_fails_alone_before_broadcast(backend: Bac
         .iter()
         .map(|p| h.body(2, &req, &h.sign(p, &req)))
         .collect();
-    let settles = join_all(bodies.iter().map(|b| h.settle(b)));
-    let spend = async {
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        // payers[0] pays someone else directly before the batch forms.
-        let mut elsewhere = h.requirement(ONE_CENT);
-        elsewhere.pay_to = Address::random();
-        let p = h.sign(&payers[0], &elsewhere);
-        h.chain
-            .call(
-                h.chain.usdc,
-                x402d::exact::transfer_bytes(&p.authorization, &p.signature).to_vec(),
-            )
-            .await
-            .unwrap();
-    };
-    let (answers, ()) = tokio::join!(settles, spend);
+    // payers[0] pays someone else directly first: its /settle is accepted (a plain key needs no
+    // RPC to be claimed) and then refused by the batcher's simulation, before any broadcast.
+    let mut elsewhere = h.requirement(ONE_CENT);
+    elsewhere.pay_to = Address::random();
+    let p = h.sign(&payers[0], &elsewhere);
+    h.chain
+        .call(
+            h.chain.usdc,
+            x402d::exact::transfer_bytes(&p.authorization, &p.signature).to_vec(),
+        )
+        .await
+        .unwrap();
+    let answers = join_all(bodies.iter().map(|b| h.settle(b))).await;
     assert_eq!(answers[0].1["success"], false, "{}", answers[0].1);
     assert_eq!(
         answers[0].1["errorReason"], "invalid_exact_evm_insufficient_balance",
@@ -206,9 +203,29 @@ async fn a_payer_who_spent_the_balance_fails_alone_before_broadcast(backend: Bac
         assert_eq!(a["success"], true, "{a}");
     }
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(4 * ONE_CENT));
-    // Usually one batch; a loaded machine may split the four across two. Either way none reverted.
     let txs = assert_no_reverted_transactions(&h).await;
-    assert!((1..=2).contains(&txs), "{txs} transactions for 4 payments");
+    assert!((1..=4).contains(&txs), "{txs} transactions for 4 payments");
+
+    // The refusal did not hold the key: verify and settle agree before and after a top-up.
+    let (_, v) = h.verify(&bodies[0]).await;
+    assert_eq!(v["isValid"], false, "{v}");
+    h.chain
+        .mint(h.chain.usdc, payers[0].address(), U256::from(ONE_CENT))
+        .await
+        .unwrap();
+    let (_, v) = h.verify(&bodies[0]).await;
+    assert_eq!(v["isValid"], true, "after the top-up: {v}");
+    let (status, again) = h.settle(&bodies[0]).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["success"], true,
+        "the same payload settles once payable: {again}"
+    );
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(5 * ONE_CENT));
+    assert_eq!(h.usdc_balance(payers[0].address()).await, U256::ZERO);
+    // And a third time answers the recorded success, with the same transaction.
+    let (_, third) = h.settle(&bodies[0]).await;
+    assert_eq!(third["transaction"], again["transaction"], "{third}");
 }
 
 on_both_backends!(paused_mining_answers_pending_with_the_hash_then_success);

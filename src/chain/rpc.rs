@@ -39,6 +39,11 @@ impl CallError {
             .map(Into::into)
     }
 
+    /// The node judged the call (a revert), rather than failing to run it.
+    pub fn is_revert(&self) -> bool {
+        self.code == 3 || self.message.to_ascii_lowercase().contains("revert")
+    }
+
     /// A human revert reason (`Error(string)` decoded), falling back to the node's message.
     pub fn reason(&self) -> String {
         self.revert_data()
@@ -174,6 +179,39 @@ impl RpcClient {
         let mut out = self.batch(std::slice::from_ref(&call)).await?;
         out.pop()
             .ok_or_else(|| RpcError::Malformed("empty answer".into()))
+    }
+
+    /// One call whose answer is decoded into an alloy RPC type (receipts, blocks, fee history).
+    /// `null` decodes into `Option::None` where `T` is an option.
+    pub async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        call: RpcCall,
+    ) -> Result<Result<T, CallError>, RpcError> {
+        let method = call.method;
+        match self.request(call).await? {
+            Ok(v) => serde_json::from_value(v)
+                .map(Ok)
+                .map_err(|e| RpcError::Malformed(format!("{method}: {e}"))),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// A batch whose answers are all decoded into `T`; a call's own error stays its own.
+    pub async fn typed_batch<T: serde::de::DeserializeOwned>(
+        &self,
+        calls: &[RpcCall],
+    ) -> Result<Vec<Result<T, CallError>>, RpcError> {
+        self.batch(calls)
+            .await?
+            .into_iter()
+            .zip(calls)
+            .map(|(r, c)| match r {
+                Ok(v) => serde_json::from_value(v)
+                    .map(Ok)
+                    .map_err(|e| RpcError::Malformed(format!("{}: {e}", c.method))),
+                Err(e) => Ok(Err(e)),
+            })
+            .collect()
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<Vec<Response>, RpcError> {

@@ -222,6 +222,19 @@ impl Facilitator {
         if !all_ok(&gas_wallets) {
             failed.push("gas_wallets");
         }
+        // Settlement is degraded when a chain's queue cannot move (fee ceiling, budget, every
+        // wallet dry or stalled); each lane says why.
+        let settlement: Vec<Value> = self
+            .settlement_views()
+            .into_iter()
+            .map(|v| {
+                let ok = v.waiting.is_none() && v.lanes.iter().any(|l| l.ready);
+                json!({"ok": ok, "network": v.network, "waiting": v.waiting, "lanes": v.lanes})
+            })
+            .collect();
+        if settlement.iter().any(|c| c["ok"] != true) {
+            failed.push("settlement");
+        }
         Readiness {
             ready: failed.is_empty(),
             failed,
@@ -230,6 +243,7 @@ impl Facilitator {
                 "migrations": migrations,
                 "rpc": rpc,
                 "gas_wallets": gas_wallets,
+                "settlement": settlement,
             }),
         }
     }
@@ -350,9 +364,9 @@ impl Facilitator {
                     json!({
                         "id": p.id,
                         "network": crate::protocol::ChainId(p.chain_id).caip2(),
-                        "payer": p.payer,
-                        "payTo": p.pay_to,
-                        "amount": p.amount,
+                        "payer": p.payer.to_checksum(None),
+                        "payTo": p.pay_to.to_checksum(None),
+                        "amount": p.amount.to_string(),
                         "state": p.state.as_str(),
                         "transaction": p.tx_hash,
                         "blockNumber": p.block_number,
@@ -375,11 +389,15 @@ impl Facilitator {
                         "network": crate::protocol::ChainId(r.tx.chain_id).caip2(),
                         "items": r.item_count,
                         "transaction": r.tx.tx_hash,
-                        "wallet": r.tx.wallet,
+                        "wallet": r.tx.wallet.to_checksum(None),
                         "nonce": r.tx.nonce,
                         "status": r.tx.status.as_str(),
                         "gasUsed": r.tx.gas_used,
-                        "effectiveGasPrice": r.effective_gas_price,
+                        "effectiveGasPrice": r.tx.effective_gas_price.map(|p| p.to_string()),
+                        "l1FeeWei": r.tx.l1_fee.map(|f| f.to_string()),
+                        "costWei": r.tx.cost_wei().map(|c| c.to_string()),
+                        "costPerPaymentWei": r.tx.cost_wei().filter(|_| r.item_count > 0)
+                            .map(|c| (c / alloy::primitives::U256::from(r.item_count)).to_string()),
                         "blockNumber": r.tx.block_number,
                         "createdAt": r.tx.created_at,
                     })
@@ -396,6 +414,7 @@ impl Facilitator {
             "uptimeSeconds": self.ops.started.elapsed().as_secs(),
             "networks": networks,
             "gasWallets": wallets,
+            "settlement": self.settlement_views(),
             "settlements": settlements,
             "batches": batches,
             "history": history,

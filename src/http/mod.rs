@@ -96,6 +96,11 @@ impl From<FacilitatorError> for ApiError {
                 "settlement_unavailable",
                 "this facilitator has no gas wallet configured",
             ),
+            e @ FacilitatorError::GasWalletsDry { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gas_wallets_dry",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -1,39 +1,64 @@
-//! The settlement engine: every claimed payment is settled on chain exactly once, in batches, by a
-//! lane per chain that owns its gas wallet's nonce. The ledger is the source of truth; in-memory
-//! state is only a cache of it, rebuilt on start-up.
+//! The settlement engine: every claimed payment is settled on chain exactly once, in batches, from
+//! any number of gas wallets, surviving reorgs, fee spikes, stuck and dropped transactions, outside
+//! sends and restarts. The ledger is the source of truth; in-memory state is a cache of it,
+//! rebuilt on start-up.
+//!
+//! Per served chain:
+//! - [`batcher`] takes due payments from the queue, simulates them (a refusal never costs gas) and
+//!   hands each batch to the least-loaded ready lane;
+//! - [`broadcaster`] is one lane per gas wallet: it owns the wallet's nonce, prices fees under the
+//!   chain's ceiling, signs and records before broadcasting, replaces stuck transactions, and heals
+//!   after any nonce disturbance;
+//! - [`watcher`] reads receipts of a lane's transactions, and follows settled payments through
+//!   confirmations and the finality window, noticing reorgs;
+//! - [`reconciler`] decides what becomes of a payment its transaction did not settle.
+//!
+//! Every payment state change goes through [`crate::ledger::Ledger::transition`].
 
-mod lane;
+mod batcher;
+mod broadcaster;
+pub mod fees;
+mod reconciler;
 pub mod tx;
+mod watcher;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
 use tokio::sync::{Notify, mpsc};
 
-use crate::chain::Chains;
+use crate::chain::{Chains, Network, RpcError};
 use crate::ledger::{Ledger, LedgerError, Payment};
 use crate::telemetry::Metrics;
-use lane::Lane;
+use fees::{FeeOracle, FeePolicy};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct SettlementConfig {
     /// Blocks (including the one it is in) before a payment is `confirmed`.
     pub confirmations: u64,
-    /// Collect payments for at most this long before sending a batch.
+    /// While a lane's transactions are in flight, gather payments for at most this long.
     pub batch_window: Duration,
     /// At most this many payments in one transaction.
     pub batch_max_items: usize,
     /// How often in-flight transactions' receipts are polled.
     pub receipt_poll: Duration,
-    /// Rebroadcast a transaction that has no receipt after this long.
+    /// Rebroadcast a transaction that has no receipt after this long (a dropped pool forgets it).
     pub rebroadcast_after: Duration,
+    /// Replace a transaction not mined after this long, at the same nonce with higher fees.
+    pub replace_after: Duration,
     /// How far back to look for someone else's `AuthorizationUsed` log.
     pub log_lookback_blocks: u64,
+    /// Blocks during which a settled payment's block hash is re-checked.
+    pub finality_blocks: u64,
     /// At most this many of our transactions in flight per wallet (node pools take ~16 per account).
     pub max_in_flight: usize,
+    /// A reorged authorization is resubmitted only if it stays valid this much longer (seconds).
+    pub valid_before_buffer_seconds: u64,
 }
 
 impl Default for SettlementConfig {
@@ -44,10 +69,30 @@ impl Default for SettlementConfig {
             batch_max_items: 100,
             receipt_poll: Duration::from_millis(50),
             rebroadcast_after: Duration::from_secs(3),
+            replace_after: Duration::from_secs(20),
             log_lookback_blocks: 50_000,
+            finality_blocks: 600,
             max_in_flight: 12,
+            valid_before_buffer_seconds: 6,
         }
     }
+}
+
+/// One chain's settlement policy besides the engine's tunables.
+#[derive(Debug, Clone, Default)]
+pub struct ChainPolicy {
+    pub fees: FeePolicy,
+    /// Wei all lanes together may spend in 24 hours.
+    pub daily_budget_wei: Option<U256>,
+}
+
+/// Why a step could not finish; it is retried later, nothing is lost.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// Wake-ups for requests waiting on a payment. Missing one is harmless: waiters also re-read the
@@ -70,6 +115,12 @@ impl Waiters {
         }
     }
 
+    fn notify_all(&self, ids: &[i64]) {
+        for id in ids {
+            self.notify(*id);
+        }
+    }
+
     fn release(&self, id: i64, handle: Arc<Notify>) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // Two references: the map's and ours. Nobody else waits.
@@ -79,53 +130,241 @@ impl Waiters {
     }
 }
 
-/// The engine: one lane per served chain, all sharing the ledger.
+/// Whether a lane takes batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaneHealth {
+    Ready,
+    /// Its ETH cannot pay for its next transaction; re-checked every few seconds.
+    Dry {
+        balance: U256,
+        needed: U256,
+    },
+    /// It cannot make progress for another reason (said here); it keeps trying.
+    Stalled(String),
+}
+
+impl std::fmt::Display for LaneHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaneHealth::Ready => f.write_str("ready"),
+            LaneHealth::Dry { balance, needed } => write!(
+                f,
+                "out of ETH: balance {balance} wei, the next transaction needs up to {needed} wei"
+            ),
+            LaneHealth::Stalled(why) => write!(f, "stalled: {why}"),
+        }
+    }
+}
+
+/// What the batcher and the operator see of a lane.
+#[derive(Debug)]
+pub(crate) struct LaneShared {
+    wallet: Address,
+    /// Transactions in flight plus batches handed over and not yet signed.
+    load: AtomicUsize,
+    health: Mutex<LaneHealth>,
+    /// Set when something outside the lane saw its nonce disturbed (a reorg).
+    resync: AtomicBool,
+    /// The next nonce it will sign with (`u64::MAX`: to be read from the chain).
+    next_nonce: AtomicU64,
+}
+
+impl LaneShared {
+    fn health(&self) -> LaneHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_health(&self, h: LaneHealth) -> bool {
+        let mut g = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = *g != h;
+        *g = h;
+        changed
+    }
+}
+
+/// A payment handed to a lane, with the calls that settle it.
+pub(crate) type Item = (Payment, tx::ItemCalls);
+
+struct LaneHandle {
+    shared: Arc<LaneShared>,
+    batches: mpsc::Sender<Vec<Item>>,
+}
+
+/// Everything one chain's batcher, lanes and watcher share.
+pub(crate) struct ChainCtx {
+    ledger: Ledger,
+    chains: Chains,
+    index: usize,
+    config: SettlementConfig,
+    fees: FeeOracle,
+    daily_budget_wei: Option<U256>,
+    waiters: Arc<Waiters>,
+    metrics: Arc<Metrics>,
+    network_label: String,
+    /// Payments handed to a lane and not yet recorded in a batch: the batcher skips them.
+    assigned: Mutex<HashSet<i64>>,
+    lanes: Vec<LaneHandle>,
+    /// Wakes the batcher (a payment was queued, a lane freed up or recovered).
+    wake: Notify,
+    /// Why the queue is not moving, when it is not.
+    waiting: Mutex<Option<String>>,
+    /// The most gas one plain item has used in our receipts.
+    learned_item_gas: Mutex<Option<u64>>,
+}
+
+impl ChainCtx {
+    fn network(&self) -> &Network {
+        &self.chains.networks()[self.index]
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.network().chain_id.0
+    }
+
+    fn unassign(&self, ids: impl IntoIterator<Item = i64>) {
+        let mut a = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            a.remove(&id);
+        }
+    }
+
+    fn set_waiting(&self, why: Option<String>) {
+        let mut w = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if *w != why {
+            if let Some(why) = &why {
+                tracing::warn!(network = %self.network_label, "settlement waits: {why}");
+            } else if w.is_some() {
+                tracing::info!(network = %self.network_label, "settlement moves again");
+            }
+            *w = why;
+        }
+        self.metrics
+            .settlement_waiting
+            .with_label_values(&[&self.network_label])
+            .set(i64::from(w.is_some()));
+    }
+
+    fn lane_of(&self, wallet: Address) -> Option<&LaneShared> {
+        self.lanes
+            .iter()
+            .map(|l| l.shared.as_ref())
+            .find(|l| l.wallet == wallet)
+    }
+
+    fn count_ledger_error(&self, e: &StepError) {
+        if let StepError::Ledger(_) = e {
+            self.metrics.ledger_errors.inc();
+        }
+    }
+}
+
+/// A lane as the operator sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaneView {
+    pub wallet: String,
+    pub health: String,
+    pub ready: bool,
+    pub in_flight: usize,
+    pub next_nonce: Option<u64>,
+}
+
+/// A chain's engine as the operator sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainView {
+    pub network: String,
+    /// Why queued payments are not moving, when they are not.
+    pub waiting: Option<String>,
+    pub lanes: Vec<LaneView>,
+}
+
+/// The engine: per served chain a batcher, a lane per gas wallet and a watcher, all sharing the
+/// ledger.
 pub struct Settlement {
     ledger: Ledger,
     waiters: Arc<Waiters>,
-    lanes: HashMap<u64, mpsc::UnboundedSender<()>>,
+    chains: HashMap<u64, Arc<ChainCtx>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Settlement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settlement")
-            .field("lanes", &self.lanes.keys().collect::<Vec<_>>())
+            .field("chains", &self.chains.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Settlement {
-    /// Recovers every lane from the ledger, then starts them.
+    /// Starts every chain's engine; each lane first recovers its transactions from the ledger.
+    /// `policies` are per network, in the order of `chains.networks()` (missing: defaults).
     pub async fn start(
         ledger: Ledger,
         chains: Chains,
-        signer: PrivateKeySigner,
+        signers: Vec<PrivateKeySigner>,
         config: SettlementConfig,
+        policies: Vec<ChainPolicy>,
         metrics: Arc<Metrics>,
     ) -> Result<Settlement, LedgerError> {
         let waiters = Arc::new(Waiters::default());
-        let mut lanes = HashMap::new();
+        let mut contexts = HashMap::new();
         let mut tasks = Vec::new();
         for index in 0..chains.networks().len() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let lane = Arc::new(Lane::new(
-                ledger.clone(),
-                chains.clone(),
+            let policy = policies.get(index).cloned().unwrap_or_default();
+            let network_label = chains.networks()[index].chain_id.caip2();
+            let mut lanes = Vec::new();
+            let mut receivers = Vec::new();
+            for signer in &signers {
+                let (tx, rx) = mpsc::channel(2);
+                let shared = Arc::new(LaneShared {
+                    wallet: signer.address(),
+                    load: AtomicUsize::new(0),
+                    health: Mutex::new(LaneHealth::Ready),
+                    resync: AtomicBool::new(true),
+                    next_nonce: AtomicU64::new(u64::MAX),
+                });
+                lanes.push(LaneHandle {
+                    shared: shared.clone(),
+                    batches: tx,
+                });
+                receivers.push((signer.clone(), shared, rx));
+            }
+            let ctx = Arc::new(ChainCtx {
+                ledger: ledger.clone(),
+                chains: chains.clone(),
                 index,
-                signer.clone(),
-                config.clone(),
-                waiters.clone(),
-                metrics.clone(),
-            ));
-            let chain_id = lane.chain_id();
-            tasks.push(tokio::spawn(lane.run(rx)));
-            lanes.insert(chain_id, tx);
+                config: config.clone(),
+                fees: FeeOracle::new(policy.fees),
+                daily_budget_wei: policy.daily_budget_wei,
+                waiters: waiters.clone(),
+                metrics: metrics.clone(),
+                network_label,
+                assigned: Mutex::new(HashSet::new()),
+                lanes,
+                wake: Notify::new(),
+                waiting: Mutex::new(None),
+                learned_item_gas: Mutex::new(None),
+            });
+            for (signer, shared, rx) in receivers {
+                tasks.push(tokio::spawn(broadcaster::run(
+                    ctx.clone(),
+                    signer,
+                    shared,
+                    rx,
+                )));
+            }
+            tasks.push(tokio::spawn(batcher::run(ctx.clone())));
+            tasks.push(tokio::spawn(watcher::run_finality(ctx.clone())));
+            contexts.insert(ctx.chain_id(), ctx);
         }
         Ok(Settlement {
             ledger,
             waiters,
-            lanes,
+            chains: contexts,
             tasks,
         })
     }
@@ -136,9 +375,52 @@ impl Settlement {
 
     /// Tells a chain's batcher that a payment was queued.
     pub fn wake(&self, chain_id: u64) {
-        if let Some(tx) = self.lanes.get(&chain_id) {
-            let _ = tx.send(());
+        if let Some(ctx) = self.chains.get(&chain_id) {
+            ctx.wake.notify_one();
         }
+    }
+
+    /// Whether some gas wallet on the chain can pay for a transaction now (`false`: every lane is
+    /// out of ETH; payments wait until one is funded).
+    pub fn can_pay(&self, chain_id: u64) -> bool {
+        self.chains.get(&chain_id).is_some_and(|ctx| {
+            ctx.lanes
+                .iter()
+                .any(|l| !matches!(l.shared.health(), LaneHealth::Dry { .. }))
+        })
+    }
+
+    /// Every chain's lanes and why its queue waits, if it does.
+    pub fn views(&self) -> Vec<ChainView> {
+        let mut views: Vec<ChainView> = self
+            .chains
+            .values()
+            .map(|ctx| ChainView {
+                network: ctx.network_label.clone(),
+                waiting: ctx
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+                lanes: ctx
+                    .lanes
+                    .iter()
+                    .map(|l| {
+                        let health = l.shared.health();
+                        let n = l.shared.next_nonce.load(Ordering::Relaxed);
+                        LaneView {
+                            wallet: l.shared.wallet.to_checksum(None),
+                            ready: health == LaneHealth::Ready,
+                            health: health.to_string(),
+                            in_flight: l.shared.load.load(Ordering::Relaxed),
+                            next_nonce: (n != u64::MAX).then_some(n),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.network.cmp(&b.network));
+        views
     }
 
     /// Waits until the payment is terminal or the deadline passes; returns its latest row.
@@ -174,4 +456,9 @@ impl Drop for Settlement {
             t.abort();
         }
     }
+}
+
+/// Milliseconds since the Unix epoch plus `d`.
+fn ms_from_now(d: Duration) -> i64 {
+    crate::ledger::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -8,8 +8,10 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
 use serde_json::{Value, json};
 
+use super::fees::Fees;
 use crate::chain::bindings::{IMulticall3, MULTICALL3};
 use crate::chain::{RpcCall, RpcClient, RpcError};
+use crate::ledger::Payment;
 
 /// One payment's calls, as the batch will make them.
 #[derive(Debug, Clone)]
@@ -17,6 +19,16 @@ pub struct ItemCalls {
     pub token: Address,
     pub deploy: Option<(Address, Bytes)>,
     pub transfer: Bytes,
+}
+
+impl ItemCalls {
+    pub fn of(p: &Payment) -> ItemCalls {
+        ItemCalls {
+            token: p.asset,
+            deploy: p.deploy.as_ref().map(|d| (d.factory, d.calldata.clone())),
+            transfer: p.transfer_calldata.clone(),
+        }
+    }
 }
 
 /// Where a batch transaction goes and what it carries.
@@ -116,39 +128,6 @@ pub fn with_margin(estimate: u64) -> u64 {
     estimate.saturating_add(estimate / 4).saturating_add(20_000)
 }
 
-/// Current fees: `maxFee = 2 × baseFee + tip`, the tip from `eth_maxPriorityFeePerGas`.
-#[derive(Debug, Clone, Copy)]
-pub struct Fees {
-    pub max_fee_per_gas: u128,
-    pub max_priority_fee_per_gas: u128,
-}
-
-pub fn fee_calls() -> [RpcCall; 2] {
-    [
-        RpcCall {
-            method: "eth_getBlockByNumber",
-            params: json!(["latest", false]),
-        },
-        RpcCall {
-            method: "eth_maxPriorityFeePerGas",
-            params: json!([]),
-        },
-    ]
-}
-
-pub fn fees_from(block: &Value, tip: &Value) -> Result<Fees, RpcError> {
-    let base = block
-        .get("baseFeePerGas")
-        .map(quantity)
-        .transpose()?
-        .unwrap_or(0);
-    let tip = quantity(tip)?;
-    Ok(Fees {
-        max_fee_per_gas: base.saturating_mul(2).saturating_add(tip),
-        max_priority_fee_per_gas: tip,
-    })
-}
-
 /// A JSON-RPC quantity (`0x…`).
 pub fn quantity(v: &Value) -> Result<u128, RpcError> {
     let s = v
@@ -179,6 +158,36 @@ pub async fn estimate_gas(
 pub struct SignedTx {
     pub raw: Bytes,
     pub hash: B256,
+}
+
+/// What a stored settlement transaction calls, with what gas and fees: enough to sign it again
+/// (a replacement, or the same batch at a fresh nonce).
+#[derive(Debug, Clone)]
+pub struct Unsigned {
+    pub to: Address,
+    pub input: Bytes,
+    pub gas_limit: u64,
+    pub fees: Fees,
+}
+
+/// Decodes a stored raw EIP-1559 transaction.
+pub fn decode(raw: &[u8]) -> Option<Unsigned> {
+    use alloy::eips::eip2718::Decodable2718;
+    match TxEnvelope::decode_2718(&mut &raw[..]).ok()? {
+        TxEnvelope::Eip1559(signed) => {
+            let tx = signed.tx();
+            Some(Unsigned {
+                to: tx.to.to().copied()?,
+                input: tx.input.clone(),
+                gas_limit: tx.gas_limit,
+                fees: Fees {
+                    max_fee_per_gas: tx.max_fee_per_gas,
+                    max_priority_fee_per_gas: tx.max_priority_fee_per_gas,
+                },
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Signs an EIP-1559 call.
@@ -229,9 +238,31 @@ mod tests {
     }
 
     #[test]
-    fn margin_and_fees() {
+    fn margin() {
         assert_eq!(with_margin(100_000), 145_000);
-        let f = fees_from(&json!({"baseFeePerGas": "0x10"}), &json!("0x2")).unwrap();
-        assert_eq!((f.max_fee_per_gas, f.max_priority_fee_per_gas), (34, 2));
+    }
+
+    #[test]
+    fn a_signed_transaction_decodes_back_to_what_was_signed() {
+        let signer = PrivateKeySigner::random();
+        let fees = Fees {
+            max_fee_per_gas: 7,
+            max_priority_fee_per_gas: 3,
+        };
+        let to = Address::repeat_byte(9);
+        let signed = sign(
+            &signer,
+            8453,
+            4,
+            100_000,
+            fees,
+            to,
+            Bytes::from(vec![1, 2, 3]),
+        )
+        .unwrap();
+        let back = decode(&signed.raw).unwrap();
+        assert_eq!((back.to, back.gas_limit, back.fees), (to, 100_000, fees));
+        assert_eq!(back.input, Bytes::from(vec![1, 2, 3]));
+        assert!(decode(&[0x02, 0x01]).is_none());
     }
 }

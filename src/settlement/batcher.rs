@@ -1,0 +1,212 @@
+//! The batcher of one chain: takes due payments from the queue, simulates each (one batched RPC
+//! request; a refusal costs no gas), and hands batches to the least-loaded ready lane. It sends at
+//! once when a lane is idle and gathers while every lane has transactions in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::fees::Quote;
+use super::tx::{self, ItemCalls};
+use super::{ChainCtx, Item, LaneHealth, StepError, ms_from_now, reconciler};
+use crate::ledger::Transition;
+
+/// Deferral of an item that could not be judged: doubling from one second, at most a minute.
+fn backoff(deferrals: u32) -> Duration {
+    Duration::from_secs(1u64 << deferrals.min(6)).min(Duration::from_secs(60))
+}
+
+/// How often payments stranded in a finished batch are looked for (also once at start).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+pub(super) async fn run(ctx: Arc<ChainCtx>) {
+    let mut deferrals: HashMap<i64, u32> = HashMap::new();
+    let mut swept: Option<std::time::Instant> = None;
+    loop {
+        if swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            match sweep(&ctx).await {
+                Ok(()) => swept = Some(std::time::Instant::now()),
+                Err(e) => {
+                    ctx.count_ledger_error(&e);
+                    tracing::warn!(network = %ctx.network_label, error = %e, "sweep failed");
+                }
+            }
+        }
+        let idle_lane = ctx.lanes.iter().any(|l| {
+            l.shared.health() == LaneHealth::Ready && l.shared.load.load(Ordering::Relaxed) == 0
+        });
+        if !idle_lane {
+            // Everyone is busy: gather for a while (or until a lane frees up and wakes us).
+            let _ = tokio::time::timeout(ctx.config.batch_window, ctx.wake.notified()).await;
+        }
+        match round(&ctx, &mut deferrals).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                ctx.count_ledger_error(&e);
+                tracing::warn!(network = %ctx.network_label, error = %e, "batcher round failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), ctx.wake.notified()).await;
+    }
+}
+
+async fn sweep(ctx: &ChainCtx) -> Result<(), StepError> {
+    let stranded = ctx.ledger.stranded_in_batch(ctx.chain_id()).await?;
+    if !stranded.is_empty() {
+        tracing::warn!(network = %ctx.network_label, payments = stranded.len(), "payments left in a finished batch go back to the queue");
+        reconciler::unsettled(ctx, &stranded, "its batch ended without settling it").await?;
+    }
+    Ok(())
+}
+
+/// Lanes that can take a batch now, least loaded first.
+fn ready_lanes(ctx: &ChainCtx) -> Vec<usize> {
+    let mut ready: Vec<(usize, usize)> = ctx
+        .lanes
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.shared.health() == LaneHealth::Ready)
+        .map(|(i, l)| (l.shared.load.load(Ordering::Relaxed), i))
+        .filter(|(load, _)| *load < ctx.config.max_in_flight)
+        .collect();
+    ready.sort_unstable();
+    ready.into_iter().map(|(_, i)| i).collect()
+}
+
+/// One round: returns true when it handed out full batches and more may be waiting.
+async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool, StepError> {
+    let lanes = ready_lanes(ctx);
+    if lanes.is_empty() {
+        let queued = ctx.ledger.pending_summary(ctx.chain_id()).await?.queued;
+        let why = ctx
+            .lanes
+            .iter()
+            .map(|l| format!("{}: {}", l.shared.wallet, l.shared.health()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let busy = ctx
+            .lanes
+            .iter()
+            .all(|l| l.shared.health() == LaneHealth::Ready);
+        ctx.set_waiting((queued > 0 && !busy).then(|| format!("no gas wallet can send ({why})")));
+        return Ok(false);
+    }
+    if let Quote::AboveCeiling { base_fee, ceiling } = ctx.fees.quote(&ctx.network().rpc).await? {
+        ctx.set_waiting(Some(format!(
+            "fee ceiling: the base fee {base_fee} wei is above max_fee_per_gas {ceiling} wei"
+        )));
+        return Ok(false);
+    }
+    if let Some(budget) = ctx.daily_budget_wei {
+        let spent = ctx
+            .ledger
+            .spent_since(ctx.chain_id(), crate::ledger::now_ms() - 86_400_000)
+            .await?;
+        if spent >= budget {
+            ctx.set_waiting(Some(format!(
+                "daily gas budget: {spent} wei spent in 24 h, budget {budget} wei"
+            )));
+            return Ok(false);
+        }
+    }
+    ctx.set_waiting(None);
+    let max = ctx.config.batch_max_items;
+    let want = max * lanes.len();
+    let exclude = ctx
+        .assigned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let items = ctx
+        .ledger
+        .queued_due(ctx.chain_id(), want, &exclude)
+        .await?;
+    if items.is_empty() {
+        return Ok(false);
+    }
+    let full = items.len() == want;
+    let good = simulate(ctx, items, deferrals).await?;
+    let mut lanes = lanes.into_iter().cycle();
+    for chunk in good.chunks(max) {
+        let Some(lane) = lanes.next().and_then(|i| ctx.lanes.get(i)) else {
+            break;
+        };
+        let ids: Vec<i64> = chunk.iter().map(|(p, _)| p.id).collect();
+        ctx.assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(ids.iter().copied());
+        lane.shared.load.fetch_add(1, Ordering::Relaxed);
+        if lane.batches.send(chunk.to_vec()).await.is_err() {
+            lane.shared.load.fetch_sub(1, Ordering::Relaxed);
+            ctx.unassign(ids);
+        }
+    }
+    Ok(full)
+}
+
+/// Simulates every item alone (one request for all); the ones that would fail are judged and
+/// leave the queue, the ones that cannot be judged now are deferred with backoff. Returns the
+/// items worth sending.
+async fn simulate(
+    ctx: &ChainCtx,
+    items: Vec<crate::ledger::Payment>,
+    deferrals: &mut HashMap<i64, u32>,
+) -> Result<Vec<Item>, StepError> {
+    let parsed: Vec<Item> = items
+        .into_iter()
+        .map(|p| {
+            let c = ItemCalls::of(&p);
+            (p, c)
+        })
+        .collect();
+    let sims: Vec<_> = parsed.iter().map(|(_, c)| tx::simulation(c)).collect();
+    let results = ctx.network().rpc.batch(&sims).await?;
+    let mut good = Vec::with_capacity(parsed.len());
+    for ((p, c), r) in parsed.into_iter().zip(results) {
+        let judged = match r {
+            Ok(_) => {
+                deferrals.remove(&p.id);
+                good.push((p, c));
+                continue;
+            }
+            Err(e) if e.is_revert() => reconciler::unsendable(ctx, &p, &e.reason()).await,
+            Err(e) => Err(StepError::Rpc(crate::chain::RpcError::Malformed(e.message))),
+        };
+        if let Err(e) = judged {
+            // This item alone waits; the rest of the batch goes on.
+            let n = deferrals.entry(p.id).or_insert(0);
+            *n += 1;
+            let delay = backoff(*n);
+            tracing::warn!(payment = p.id, error = %e, retry_in = ?delay, "payment cannot be judged now; deferred");
+            ctx.ledger
+                .transition(
+                    &[p.id],
+                    &Transition::Deferred {
+                        why: e.to_string(),
+                        not_before: ms_from_now(delay),
+                    },
+                )
+                .await?;
+        } else {
+            deferrals.remove(&p.id);
+        }
+    }
+    Ok(good)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(10), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,801 @@
+//! A lane: one gas wallet on one chain. It owns the wallet's nonce, prices each transaction under the
+//! chain's fee ceiling, records it before broadcasting, replaces it when it is stuck, and heals
+//! after any nonce disturbance (nonce too low, dropped from the pool, an outside send from the same
+//! key, a reorg that moved the chain's nonce back) by resynchronising from the chain.
+//!
+//! A lane is one task: sending, watching its receipts and healing never race each other.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{B256, Bytes, U256};
+use alloy::signers::local::PrivateKeySigner;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::fees::{Fees, Quote};
+use super::tx::{self, ItemCalls, Unsigned};
+use super::{ChainCtx, Item, LaneHealth, LaneShared, StepError, reconciler, watcher};
+use crate::chain::{RpcCall, RpcError};
+use crate::ledger::{NewTransaction, PaymentState, TxStatus};
+
+/// One signed transaction of a slot.
+#[derive(Debug, Clone)]
+struct Attempt {
+    tx_id: i64,
+    hash: B256,
+    raw: Bytes,
+}
+
+/// A batch in flight at one nonce, with every attempt signed for it (whichever is mined settles it).
+#[derive(Debug)]
+struct Slot {
+    batch_id: i64,
+    nonce: u64,
+    attempts: Vec<Attempt>,
+    /// What the latest attempt calls, with its gas and fees (`None`: not decodable, cannot be
+    /// signed again).
+    unsigned: Option<Unsigned>,
+    /// When it was first sent at this nonce, and last replaced or rebroadcast.
+    since: Instant,
+    replaced_at: Instant,
+    broadcast_at: Instant,
+}
+
+/// What a node said to a broadcast.
+#[derive(Debug)]
+enum Broadcast {
+    Accepted,
+    /// Unreachable or garbled: try again later, it may well be in the pool.
+    Unknown,
+    NonceUsed,
+    Underpriced,
+    NoFunds,
+    Refused(String),
+}
+
+struct Lane {
+    ctx: Arc<ChainCtx>,
+    signer: PrivateKeySigner,
+    shared: Arc<LaneShared>,
+    /// By nonce.
+    slots: Vec<Slot>,
+    /// The next nonce to sign with, as far as the lane knows.
+    next_nonce: Option<u64>,
+    /// What the last batch that found the lane dry needed.
+    needed: U256,
+    balance_checked: Instant,
+}
+
+pub(super) async fn run(
+    ctx: Arc<ChainCtx>,
+    signer: PrivateKeySigner,
+    shared: Arc<LaneShared>,
+    mut batches: mpsc::Receiver<Vec<Item>>,
+) {
+    let mut lane = Lane {
+        ctx,
+        signer,
+        shared,
+        slots: Vec::new(),
+        next_nonce: None,
+        needed: U256::ZERO,
+        balance_checked: Instant::now(),
+    };
+    while let Err(e) = lane.recover().await {
+        lane.ctx.count_ledger_error(&e);
+        tracing::warn!(wallet = %lane.shared.wallet, error = %e, "lane recovery failed; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    loop {
+        let poll = if lane.slots.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            lane.ctx.config.receipt_poll
+        };
+        tokio::select! {
+            b = batches.recv() => match b {
+                Some(items) => lane.take(items).await,
+                None => return,
+            },
+            _ = tokio::time::sleep(poll) => {}
+        }
+        if lane.shared.resync.swap(false, Ordering::Relaxed) {
+            lane.heal_logged("asked to resynchronise").await;
+        }
+        if !lane.slots.is_empty()
+            && let Err(e) = lane.poll().await
+        {
+            lane.ctx.count_ledger_error(&e);
+            tracing::warn!(wallet = %lane.shared.wallet, error = %e, "receipt poll failed");
+        }
+        lane.check_balance().await;
+    }
+}
+
+impl Lane {
+    fn rpc(&self) -> &crate::chain::RpcClient {
+        &self.ctx.network().rpc
+    }
+
+    fn publish(&self) {
+        self.shared
+            .next_nonce
+            .store(self.next_nonce.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .wallet_in_flight
+            .with_label_values(&[
+                self.ctx.network_label.as_str(),
+                &self.shared.wallet.to_checksum(None),
+            ])
+            .set(self.slots.len() as i64);
+    }
+
+    /// Removes a finished slot; the batcher may hand this lane another batch.
+    fn finish(&mut self, index: usize) {
+        self.slots.remove(index);
+        self.shared.load.fetch_sub(1, Ordering::Relaxed);
+        self.publish();
+        self.ctx.wake.notify_one();
+    }
+
+    /// Resumes from the ledger: every open transaction of this wallet is in flight again and is
+    /// rebroadcast; the first loop resynchronises the nonce. One bad row never stops it.
+    async fn recover(&mut self) -> Result<(), StepError> {
+        let open = self
+            .ctx
+            .ledger
+            .open_transactions(self.ctx.chain_id())
+            .await?;
+        let mut slots: Vec<Slot> = Vec::new();
+        for t in open.into_iter().filter(|t| t.wallet == self.shared.wallet) {
+            let attempt = Attempt {
+                tx_id: t.id,
+                hash: t.tx_hash,
+                raw: t.raw_tx.clone(),
+            };
+            let unsigned = tx::decode(&t.raw_tx);
+            if unsigned.is_none() {
+                tracing::error!(tx = %t.tx_hash, "stored transaction does not decode; watching it by hash only");
+            }
+            match slots.iter_mut().find(|s| s.batch_id == t.batch_id) {
+                Some(s) => {
+                    s.nonce = s.nonce.max(t.nonce);
+                    s.attempts.push(attempt);
+                    if unsigned.is_some() {
+                        s.unsigned = unsigned;
+                    }
+                }
+                None => slots.push(Slot {
+                    batch_id: t.batch_id,
+                    nonce: t.nonce,
+                    attempts: vec![attempt],
+                    unsigned,
+                    since: Instant::now(),
+                    replaced_at: Instant::now(),
+                    broadcast_at: Instant::now(),
+                }),
+            }
+        }
+        slots.sort_by_key(|s| s.nonce);
+        self.shared.load.fetch_add(slots.len(), Ordering::Relaxed);
+        if !slots.is_empty() {
+            tracing::info!(wallet = %self.shared.wallet, transactions = slots.len(), "resumed in-flight settlement transactions");
+        }
+        self.slots = slots;
+        for i in 0..self.slots.len() {
+            let attempts = self.slots[i].attempts.clone();
+            for a in attempts {
+                // Whatever the node says now, the first heal and poll sort it out.
+                let _ = self.broadcast(&a).await;
+            }
+        }
+        self.shared.resync.store(true, Ordering::Relaxed);
+        self.publish();
+        Ok(())
+    }
+
+    /// Signs, records and broadcasts a batch, or gives it back to the queue (its payments were
+    /// never moved out of `queued`).
+    async fn take(&mut self, items: Vec<Item>) {
+        let ids: Vec<i64> = items.iter().map(|(p, _)| p.id).collect();
+        let sent = match self.send(items).await {
+            Ok(sent) => sent,
+            Err(e) => {
+                self.ctx.count_ledger_error(&e);
+                tracing::warn!(wallet = %self.shared.wallet, error = %e, "batch not sent; back to the queue");
+                false
+            }
+        };
+        self.ctx.unassign(ids);
+        if !sent {
+            self.shared.load.fetch_sub(1, Ordering::Relaxed);
+            self.ctx.wake.notify_one();
+        }
+    }
+
+    async fn send(&mut self, items: Vec<Item>) -> Result<bool, StepError> {
+        let calls: Vec<ItemCalls> = items.iter().map(|(_, c)| c.clone()).collect();
+        let batch = tx::batch_call(&calls);
+        let gas_limit = self.gas_limit(&calls, &batch).await?;
+        let Quote::Send(fees) = self.ctx.fees.quote(self.rpc()).await? else {
+            return Ok(false);
+        };
+        let wallet = self.shared.wallet;
+        let answers = self
+            .rpc()
+            .batch(&[
+                RpcCall {
+                    method: "eth_getTransactionCount",
+                    params: json!([wallet, "pending"]),
+                },
+                RpcCall {
+                    method: "eth_getBalance",
+                    params: json!([wallet, "latest"]),
+                },
+            ])
+            .await?;
+        let quantity = |i: usize| -> Result<u128, StepError> {
+            let v = answers
+                .get(i)
+                .cloned()
+                .ok_or_else(|| RpcError::Malformed("short answer".into()))?
+                .map_err(|e| RpcError::Malformed(e.message))?;
+            Ok(tx::quantity(&v)?)
+        };
+        let pending = quantity(0)? as u64;
+        let balance = U256::from(quantity(1)?);
+        let needed = U256::from(gas_limit) * U256::from(fees.max_fee_per_gas);
+        if balance < needed {
+            self.needed = needed;
+            self.balance_checked = Instant::now();
+            if self.shared.set_health(LaneHealth::Dry { balance, needed }) {
+                tracing::warn!(wallet = %wallet, %balance, %needed, "gas wallet cannot pay for its next transaction; it takes no batches until funded");
+            }
+            return Ok(false);
+        }
+        let nonce = self.choose_nonce(pending).await?;
+        let unsigned = Unsigned {
+            to: batch.to,
+            input: batch.input,
+            gas_limit,
+            fees,
+        };
+        let Some((record, attempt_raw)) = self.sign(&unsigned, nonce) else {
+            return Ok(false);
+        };
+        let ids: Vec<i64> = items.iter().map(|(p, _)| p.id).collect();
+        // Written before the broadcast: a crash from here on is recovered by rebroadcasting it.
+        let (batch_id, tx_id) = self.ctx.ledger.record_batch(&ids, &record).await?;
+        self.next_nonce = Some(nonce + 1);
+        let attempt = Attempt {
+            tx_id,
+            hash: record.tx_hash,
+            raw: attempt_raw,
+        };
+        self.slots.push(Slot {
+            batch_id,
+            nonce,
+            attempts: vec![attempt.clone()],
+            unsigned: Some(unsigned),
+            since: Instant::now(),
+            replaced_at: Instant::now(),
+            broadcast_at: Instant::now(),
+        });
+        self.slots.sort_by_key(|s| s.nonce);
+        self.publish();
+        self.ctx
+            .metrics
+            .batch_size
+            .with_label_values(&[self.ctx.network_label.as_str()])
+            .observe(ids.len() as f64);
+        tracing::debug!(wallet = %wallet, items = ids.len(), nonce, hash = %attempt.hash, gas_limit, "batch signed");
+        let outcome = self.broadcast(&attempt).await;
+        self.after_broadcast(batch_id, &attempt, outcome).await?;
+        Ok(true)
+    }
+
+    /// The nonce of a new transaction: the chain's when nothing of ours is in flight (it knows of
+    /// outside sends and of reorgs); ours when both agree; otherwise heal first.
+    async fn choose_nonce(&mut self, pending: u64) -> Result<u64, StepError> {
+        if self.slots.is_empty() {
+            return Ok(pending);
+        }
+        if self.next_nonce == Some(pending) {
+            return Ok(pending);
+        }
+        self.heal(&format!(
+            "chain's pending nonce {pending}, ours {:?}",
+            self.next_nonce
+        ))
+        .await?;
+        Ok(self.next_nonce.unwrap_or(pending))
+    }
+
+    fn sign(&self, u: &Unsigned, nonce: u64) -> Option<(NewTransaction, Bytes)> {
+        match tx::sign(
+            &self.signer,
+            self.ctx.chain_id(),
+            nonce,
+            u.gas_limit,
+            u.fees,
+            u.to,
+            u.input.clone(),
+        ) {
+            Ok(signed) => Some((
+                NewTransaction {
+                    chain_id: self.ctx.chain_id(),
+                    wallet: self.shared.wallet,
+                    nonce,
+                    raw_tx: signed.raw.clone(),
+                    tx_hash: signed.hash,
+                    gas_limit: u.gas_limit,
+                    max_fee_per_gas: u.fees.max_fee_per_gas,
+                    max_priority_fee_per_gas: u.fees.max_priority_fee_per_gas,
+                },
+                signed.raw,
+            )),
+            Err(e) => {
+                self.shared
+                    .set_health(LaneHealth::Stalled(format!("cannot sign: {e}")));
+                None
+            }
+        }
+    }
+
+    /// Gas for a batch. Estimating a large batch costs the node as much as a hundred simulations, so
+    /// once a receipt has taught us the gas of a plain item, plain batches use that (the largest seen,
+    /// plus an allowance for a new payee); the first batch and any batch with deployments are
+    /// estimated in their strict form.
+    async fn gas_limit(
+        &self,
+        calls: &[ItemCalls],
+        batch: &tx::BatchCall,
+    ) -> Result<u64, StepError> {
+        let plain = calls.iter().all(|c| c.deploy.is_none());
+        let learned = *self
+            .ctx
+            .learned_item_gas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let (true, Some(per_item)) = (plain, learned) {
+            return Ok(tx::learned_gas(calls.len(), per_item));
+        }
+        let estimate = tx::estimate_gas(
+            self.rpc(),
+            self.shared.wallet,
+            batch.to,
+            &batch.strict_input,
+        )
+        .await?;
+        Ok(estimate
+            .map(tx::with_margin)
+            .unwrap_or_else(|| tx::modelled_gas(calls)))
+    }
+
+    async fn broadcast(&self, a: &Attempt) -> Broadcast {
+        let call = RpcCall {
+            method: "eth_sendRawTransaction",
+            params: json!([a.raw]),
+        };
+        let outcome = match self.rpc().request(call).await {
+            Err(_) => Broadcast::Unknown,
+            Ok(Ok(_)) => Broadcast::Accepted,
+            Ok(Err(e)) => classify(&e.message),
+        };
+        if matches!(outcome, Broadcast::Accepted)
+            && let Err(e) = self
+                .ctx
+                .ledger
+                .set_tx_status(a.tx_id, TxStatus::Broadcast)
+                .await
+        {
+            // Only a label: the transaction is recorded and in the pool; it stays in flight.
+            tracing::warn!(tx = %a.hash, error = %e, "could not record the broadcast");
+        }
+        outcome
+    }
+
+    /// Acts on what the node said to a slot's attempt.
+    async fn after_broadcast(
+        &mut self,
+        batch_id: i64,
+        a: &Attempt,
+        outcome: Broadcast,
+    ) -> Result<(), StepError> {
+        match outcome {
+            Broadcast::Accepted | Broadcast::Unknown => {}
+            Broadcast::NonceUsed | Broadcast::Underpriced => {
+                tracing::info!(tx = %a.hash, ?outcome, "broadcast met another transaction at its nonce; resynchronising");
+                self.shared.resync.store(true, Ordering::Relaxed);
+            }
+            Broadcast::NoFunds => {
+                self.needed = self.needed.max(U256::from(1));
+                self.shared.set_health(LaneHealth::Dry {
+                    balance: U256::ZERO,
+                    needed: self.needed,
+                });
+            }
+            Broadcast::Refused(why) => {
+                tracing::warn!(tx = %a.hash, reason = %why, "node refused the transaction");
+                self.ctx
+                    .ledger
+                    .set_tx_status(a.tx_id, TxStatus::Dropped)
+                    .await?;
+                let Some(i) = self.slots.iter().position(|s| s.batch_id == batch_id) else {
+                    return Ok(());
+                };
+                self.slots[i].attempts.retain(|x| x.tx_id != a.tx_id);
+                if self.slots[i].attempts.is_empty() {
+                    // Never in any pool: its nonce is free again and its payments go back.
+                    self.finish(i);
+                    self.next_nonce = None;
+                    self.shared.resync.store(true, Ordering::Relaxed);
+                    let payments = self.in_batch(batch_id).await?;
+                    reconciler::unsettled(
+                        &self.ctx,
+                        &payments,
+                        &format!("the node refused its transaction: {why}"),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn in_batch(&self, batch_id: i64) -> Result<Vec<crate::ledger::Payment>, StepError> {
+        Ok(self
+            .ctx
+            .ledger
+            .batch_payments(batch_id)
+            .await?
+            .into_iter()
+            .filter(|p| p.state == PaymentState::InBatch)
+            .collect())
+    }
+
+    /// Receipts of every attempt in flight; late ones are rebroadcast, stuck ones replaced, and a
+    /// nonce that moved without us heals the lane.
+    async fn poll(&mut self) -> Result<(), StepError> {
+        let hashes: Vec<(usize, Attempt)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.attempts.iter().map(move |a| (i, a.clone())))
+            .collect();
+        let only: Vec<B256> = hashes.iter().map(|(_, a)| a.hash).collect();
+        let receipts = watcher::receipts(&self.ctx, &only).await?;
+        let mut done: Vec<usize> = Vec::new();
+        for ((i, a), r) in hashes.iter().zip(&receipts) {
+            if done.contains(i) {
+                continue;
+            }
+            if let Some(r) = r
+                && watcher::on_receipt(&self.ctx, a.tx_id, self.slots[*i].batch_id, r).await?
+            {
+                done.push(*i);
+            }
+        }
+        done.sort_unstable();
+        for i in done.into_iter().rev() {
+            self.finish(i);
+        }
+        let late = self
+            .slots
+            .iter()
+            .any(|s| s.broadcast_at.elapsed() >= self.ctx.config.rebroadcast_after);
+        if !late {
+            return Ok(());
+        }
+        let latest = self.chain_nonce("latest").await?;
+        let lowest = self.slots.first().map(|s| s.nonce);
+        if lowest.is_some_and(|n| n != latest) {
+            // Below: its nonce went to a transaction whose receipt we do not hold. Above: a gap
+            // (a dropped transaction of ours, or a reorg moved the chain's nonce back).
+            return self
+                .heal(&format!(
+                    "chain nonce {latest}, our lowest in flight {lowest:?}"
+                ))
+                .await;
+        }
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.broadcast_at.elapsed() < self.ctx.config.rebroadcast_after {
+                continue;
+            }
+            let replace = s.since.elapsed() >= self.ctx.config.replace_after
+                && s.replaced_at.elapsed() >= self.ctx.config.replace_after;
+            if replace && self.replace(i).await? {
+                continue;
+            }
+            let Some(a) = self.slots[i].attempts.last().cloned() else {
+                continue;
+            };
+            let batch_id = self.slots[i].batch_id;
+            self.slots[i].broadcast_at = Instant::now();
+            let outcome = self.broadcast(&a).await;
+            self.after_broadcast(batch_id, &a, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a stuck slot at its nonce with fees raised by at least 12.5 % (never above the
+    /// ceiling). Returns false when no replacement is allowed (the old one is rebroadcast).
+    async fn replace(&mut self, i: usize) -> Result<bool, StepError> {
+        let Some(old) = self.slots[i].unsigned.clone() else {
+            return Ok(false);
+        };
+        let now = match self.ctx.fees.quote(self.rpc()).await? {
+            Quote::Send(f) => Some(f),
+            Quote::AboveCeiling { .. } => None,
+        };
+        let Some(fees) = self.ctx.fees.policy.bump(old.fees, now) else {
+            tracing::warn!(
+                nonce = self.slots[i].nonce,
+                "stuck transaction not replaced: its replacement would exceed the fee ceiling"
+            );
+            self.slots[i].replaced_at = Instant::now();
+            return Ok(false);
+        };
+        let u = Unsigned { fees, ..old };
+        let nonce = self.slots[i].nonce;
+        let Some((record, raw)) = self.sign(&u, nonce) else {
+            return Ok(false);
+        };
+        let batch_id = self.slots[i].batch_id;
+        let tx_id = self
+            .ctx
+            .ledger
+            .record_attempt(batch_id, &record, &[])
+            .await?;
+        let a = Attempt {
+            tx_id,
+            hash: record.tx_hash,
+            raw,
+        };
+        let slot = &mut self.slots[i];
+        slot.attempts.push(a.clone());
+        slot.unsigned = Some(u);
+        slot.replaced_at = Instant::now();
+        slot.broadcast_at = Instant::now();
+        self.ctx
+            .metrics
+            .tx_replacements
+            .with_label_values(&[self.ctx.network_label.as_str()])
+            .inc();
+        tracing::info!(nonce, tx = %a.hash, max_fee = fees.max_fee_per_gas, tip = fees.max_priority_fee_per_gas, "stuck transaction replaced");
+        let outcome = self.broadcast(&a).await;
+        self.after_broadcast(batch_id, &a, outcome).await?;
+        Ok(true)
+    }
+
+    async fn chain_nonce(&self, tag: &str) -> Result<u64, StepError> {
+        let v = self
+            .rpc()
+            .request(RpcCall {
+                method: "eth_getTransactionCount",
+                params: json!([self.shared.wallet, tag]),
+            })
+            .await?
+            .map_err(|e| RpcError::Malformed(e.message))?;
+        Ok(tx::quantity(&v)? as u64)
+    }
+
+    async fn heal_logged(&mut self, why: &str) {
+        if let Err(e) = self.heal(why).await {
+            self.ctx.count_ledger_error(&e);
+            self.shared
+                .set_health(LaneHealth::Stalled(format!("cannot resynchronise: {e}")));
+            self.shared.resync.store(true, Ordering::Relaxed);
+            tracing::warn!(wallet = %self.shared.wallet, error = %e, "lane cannot resynchronise; retrying");
+        } else if matches!(self.shared.health(), LaneHealth::Stalled(_)) {
+            self.shared.set_health(LaneHealth::Ready);
+            self.ctx.wake.notify_one();
+        }
+    }
+
+    /// Resynchronises from the chain: slots whose nonce the chain has used are settled by their
+    /// receipt, or (no receipt: someone else's transaction took the nonce) their payments go back
+    /// to the queue; the rest are made contiguous from the chain's nonce, signing again at fresh
+    /// nonces what sat behind a gap.
+    async fn heal(&mut self, why: &str) -> Result<(), StepError> {
+        let wallet = self.shared.wallet.to_checksum(None);
+        self.ctx
+            .metrics
+            .lane_resyncs
+            .with_label_values(&[self.ctx.network_label.as_str(), &wallet])
+            .inc();
+        let latest = self.chain_nonce("latest").await?;
+        tracing::info!(wallet = %wallet, latest, why, "resynchronising the lane's nonce");
+        let mut i = 0;
+        while i < self.slots.len() {
+            if self.slots[i].nonce >= latest {
+                i += 1;
+                continue;
+            }
+            let hashes: Vec<B256> = self.slots[i].attempts.iter().map(|a| a.hash).collect();
+            let receipts = watcher::receipts(&self.ctx, &hashes).await?;
+            let batch_id = self.slots[i].batch_id;
+            let mut settled = false;
+            for (a, r) in self.slots[i].attempts.clone().iter().zip(&receipts) {
+                if let Some(r) = r
+                    && watcher::on_receipt(&self.ctx, a.tx_id, batch_id, r).await?
+                {
+                    settled = true;
+                    break;
+                }
+            }
+            if !settled {
+                for a in &self.slots[i].attempts {
+                    self.ctx
+                        .ledger
+                        .set_tx_status(a.tx_id, TxStatus::Dropped)
+                        .await?;
+                }
+                let payments = self.in_batch(batch_id).await?;
+                tracing::warn!(wallet = %wallet, nonce = self.slots[i].nonce, items = payments.len(),
+                    "nonce used by a transaction we did not send; its payments go back to the queue");
+                reconciler::unsettled(
+                    &self.ctx,
+                    &payments,
+                    "its nonce was used by another transaction",
+                )
+                .await?;
+            }
+            self.finish(i);
+        }
+        let mut next = latest;
+        for i in 0..self.slots.len() {
+            if self.slots[i].nonce != next {
+                self.resign(i, next).await?;
+            } else if let Some(a) = self.slots[i].attempts.last().cloned() {
+                let batch_id = self.slots[i].batch_id;
+                self.slots[i].broadcast_at = Instant::now();
+                let outcome = self.broadcast(&a).await;
+                self.after_broadcast(batch_id, &a, outcome).await?;
+            }
+            next += 1;
+        }
+        self.next_nonce = Some(next);
+        self.publish();
+        Ok(())
+    }
+
+    /// Signs a slot's batch again at a fresh nonce (it sat behind a gap); its old attempts are
+    /// superseded.
+    async fn resign(&mut self, i: usize, nonce: u64) -> Result<(), StepError> {
+        let batch_id = self.slots[i].batch_id;
+        let Some(old) = self.slots[i].unsigned.clone() else {
+            // Cannot be signed again: its payments go back to the queue instead.
+            for a in &self.slots[i].attempts {
+                self.ctx
+                    .ledger
+                    .set_tx_status(a.tx_id, TxStatus::Dropped)
+                    .await?;
+            }
+            let payments = self.in_batch(batch_id).await?;
+            reconciler::unsettled(
+                &self.ctx,
+                &payments,
+                "its transaction sat behind a nonce gap",
+            )
+            .await?;
+            self.finish(i);
+            return Ok(());
+        };
+        let fees = match self.ctx.fees.quote(self.rpc()).await? {
+            Quote::Send(f) => f,
+            Quote::AboveCeiling { .. } => old.fees,
+        };
+        let fees = Fees {
+            max_fee_per_gas: fees.max_fee_per_gas.max(old.fees.max_fee_per_gas),
+            max_priority_fee_per_gas: fees
+                .max_priority_fee_per_gas
+                .max(old.fees.max_priority_fee_per_gas),
+        };
+        let u = Unsigned { fees, ..old };
+        let Some((record, raw)) = self.sign(&u, nonce) else {
+            return Ok(());
+        };
+        let supersede: Vec<i64> = self.slots[i].attempts.iter().map(|a| a.tx_id).collect();
+        let tx_id = self
+            .ctx
+            .ledger
+            .record_attempt(batch_id, &record, &supersede)
+            .await?;
+        let a = Attempt {
+            tx_id,
+            hash: record.tx_hash,
+            raw,
+        };
+        tracing::info!(batch_id, from = self.slots[i].nonce, to = nonce, tx = %a.hash, "batch signed again at a fresh nonce");
+        let slot = &mut self.slots[i];
+        slot.nonce = nonce;
+        slot.attempts = vec![a.clone()];
+        slot.unsigned = Some(u);
+        slot.since = Instant::now();
+        slot.replaced_at = Instant::now();
+        slot.broadcast_at = Instant::now();
+        let outcome = self.broadcast(&a).await;
+        self.after_broadcast(batch_id, &a, outcome).await
+    }
+
+    /// A dry lane looks at its balance every few seconds and takes batches again once funded.
+    async fn check_balance(&mut self) {
+        if !matches!(self.shared.health(), LaneHealth::Dry { .. })
+            || self.balance_checked.elapsed() < Duration::from_secs(2)
+        {
+            return;
+        }
+        self.balance_checked = Instant::now();
+        let call = RpcCall {
+            method: "eth_getBalance",
+            params: json!([self.shared.wallet, "latest"]),
+        };
+        let Ok(Ok(v)) = self.rpc().request(call).await else {
+            return;
+        };
+        let Ok(balance) = tx::quantity(&v) else {
+            return;
+        };
+        let balance = U256::from(balance);
+        if balance >= self.needed {
+            tracing::info!(wallet = %self.shared.wallet, %balance, "gas wallet funded; taking batches again");
+            self.shared.set_health(LaneHealth::Ready);
+            self.ctx.wake.notify_one();
+        } else {
+            self.shared.set_health(LaneHealth::Dry {
+                balance,
+                needed: self.needed,
+            });
+        }
+    }
+}
+
+/// Sorts a node's refusal of `eth_sendRawTransaction` (geth, reth, anvil and OP wording).
+fn classify(message: &str) -> Broadcast {
+    let m = message.to_ascii_lowercase();
+    if m.contains("already known")
+        || m.contains("already imported")
+        || m.contains("known transaction")
+    {
+        Broadcast::Accepted
+    } else if m.contains("nonce too low") || m.contains("nonce has already been used") {
+        Broadcast::NonceUsed
+    } else if m.contains("underpriced") {
+        Broadcast::Underpriced
+    } else if m.contains("insufficient funds") {
+        Broadcast::NoFunds
+    } else {
+        Broadcast::Refused(message.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_refusals_are_sorted() {
+        assert!(matches!(classify("already known"), Broadcast::Accepted));
+        assert!(matches!(
+            classify("nonce too low: next nonce 5, tx nonce 3"),
+            Broadcast::NonceUsed
+        ));
+        assert!(matches!(
+            classify("replacement transaction underpriced"),
+            Broadcast::Underpriced
+        ));
+        assert!(matches!(
+            classify("insufficient funds for gas * price + value"),
+            Broadcast::NoFunds
+        ));
+        assert!(matches!(
+            classify("exceeds block gas limit"),
+            Broadcast::Refused(_)
+        ));
+    }
+}

@@ -1,0 +1,342 @@
+//! Following what was mined: a lane's receipts matched to its batch's payments by their
+//! `AuthorizationUsed` logs, and every settled payment followed through confirmations and the
+//! finality window, where a replaced block hash or a vanished receipt is a reorg.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use alloy::network::ReceiptResponse;
+use alloy::primitives::{Address, B256, U256};
+use alloy::rpc::types::TransactionReceipt;
+use alloy::serde::WithOtherFields;
+use alloy::sol_types::SolEvent;
+use serde_json::json;
+
+use super::{ChainCtx, StepError, reconciler};
+use crate::chain::bindings::IEip3009Token;
+use crate::chain::{RpcCall, RpcError};
+use crate::ledger::{MinedTx, Payment, PaymentState, Transition, TxStatus};
+
+/// A receipt with the fields alloy does not model (the OP Stack's `l1Fee`).
+pub(crate) type Receipt = WithOtherFields<TransactionReceipt>;
+
+/// A `Transfer` log.
+pub(crate) struct TransferLog {
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+}
+
+/// Every `Transfer` of `token` in a receipt.
+pub(crate) fn transfers(
+    receipt: &Receipt,
+    token: Address,
+) -> impl Iterator<Item = TransferLog> + '_ {
+    receipt
+        .inner
+        .inner
+        .logs()
+        .iter()
+        .filter(move |l| l.address() == token)
+        .filter_map(|l| IEip3009Token::Transfer::decode_log(&l.inner).ok())
+        .map(|e| TransferLog {
+            from: e.data.from,
+            to: e.data.to,
+            value: e.data.value,
+        })
+}
+
+/// (token, authorizer, nonce) of every `AuthorizationUsed` log in a receipt.
+fn authorizations_used(receipt: &Receipt) -> HashSet<(Address, Address, B256)> {
+    receipt
+        .inner
+        .inner
+        .logs()
+        .iter()
+        .filter_map(|l| {
+            let e = IEip3009Token::AuthorizationUsed::decode_log(&l.inner).ok()?;
+            Some((l.address(), e.data.authorizer, e.data.nonce))
+        })
+        .collect()
+}
+
+/// The receipt's facts as the ledger stores them; `None` while it has no block.
+fn mined_of(receipt: &Receipt) -> Option<MinedTx> {
+    let l1_fee = receipt
+        .other
+        .get("l1Fee")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<U256>().ok());
+    Some(MinedTx {
+        succeeded: receipt.status(),
+        block_number: receipt.block_number()?,
+        block_hash: receipt.block_hash()?,
+        gas_used: receipt.gas_used(),
+        effective_gas_price: receipt.effective_gas_price(),
+        l1_fee,
+    })
+}
+
+/// The receipts of these hashes (`None` where the node has none).
+pub(super) async fn receipts(
+    ctx: &ChainCtx,
+    hashes: &[B256],
+) -> Result<Vec<Option<Receipt>>, RpcError> {
+    let calls: Vec<RpcCall> = hashes
+        .iter()
+        .map(|h| RpcCall {
+            method: "eth_getTransactionReceipt",
+            params: json!([h]),
+        })
+        .collect();
+    ctx.network()
+        .rpc
+        .typed_batch::<Option<Receipt>>(&calls)
+        .await?
+        .into_iter()
+        .map(|r| r.map_err(|e| RpcError::Malformed(format!("receipt: {}", e.message))))
+        .collect()
+}
+
+/// Records a mined transaction of ours: the batch's payments whose authorization it used are
+/// included (or confirmed), the rest go to the reconciler. Returns false while the receipt has no
+/// block yet.
+pub(super) async fn on_receipt(
+    ctx: &ChainCtx,
+    tx_id: i64,
+    batch_id: i64,
+    receipt: &Receipt,
+) -> Result<bool, StepError> {
+    let Some(mined) = mined_of(receipt) else {
+        return Ok(false);
+    };
+    let used = authorizations_used(receipt);
+    let payments = ctx.ledger.batch_payments(batch_id).await?;
+    let mut settled = Vec::new();
+    let mut unsettled: Vec<Payment> = Vec::new();
+    for p in payments {
+        if p.state != PaymentState::InBatch {
+            continue;
+        }
+        if used.contains(&(p.asset, p.payer, p.nonce)) {
+            settled.push(p.id);
+        } else {
+            unsettled.push(p);
+        }
+    }
+    let plain = unsettled.is_empty()
+        && ctx
+            .ledger
+            .batch_payments(batch_id)
+            .await?
+            .iter()
+            .all(|p| p.deploy.is_none());
+    if mined.succeeded && plain && !settled.is_empty() {
+        let per_item = mined.gas_used.saturating_sub(super::tx::TX_BASE_GAS) / settled.len() as u64;
+        let mut learned = ctx
+            .learned_item_gas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *learned = Some(learned.map_or(per_item, |g| g.max(per_item)));
+    }
+    let confirmed = ctx.config.confirmations <= 1;
+    let moved = ctx
+        .ledger
+        .record_mined(tx_id, batch_id, &mined, &settled, confirmed)
+        .await?;
+    let label = [ctx.network_label.as_str()];
+    ctx.metrics
+        .batch_gas_used
+        .with_label_values(&label)
+        .observe(mined.gas_used as f64);
+    ctx.metrics
+        .effective_gas_price
+        .with_label_values(&label)
+        .set(mined.effective_gas_price as f64);
+    if !moved.is_empty() {
+        let cost = U256::from(mined.gas_used) * U256::from(mined.effective_gas_price)
+            + mined.l1_fee.unwrap_or_default();
+        let per_payment: f64 = (cost / U256::from(moved.len()))
+            .to_string()
+            .parse()
+            .unwrap_or(f64::MAX);
+        ctx.metrics
+            .payment_gas_used
+            .with_label_values(&label)
+            .observe(mined.gas_used as f64 / moved.len() as f64);
+        ctx.metrics
+            .payment_cost_wei
+            .with_label_values(&label)
+            .set(per_payment);
+    }
+    tracing::debug!(tx = %receipt.transaction_hash, settled = moved.len(), unsettled = unsettled.len(),
+        gas_used = mined.gas_used, "batch mined");
+    ctx.waiters.notify_all(&moved);
+    if !unsettled.is_empty() {
+        let why = if mined.succeeded {
+            "its transaction was mined without settling it"
+        } else {
+            "its transaction reverted"
+        };
+        reconciler::unsettled(ctx, &unsettled, why).await?;
+    }
+    Ok(true)
+}
+
+/// Settled payments whose block is this shallow are re-checked at every new head; deeper ones
+/// every [`DEEP_CHECK_EVERY`] (a deep reorg is rare, and checking costs one call per block).
+const SHALLOW_DEPTH: u64 = 64;
+const DEEP_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// Follows a chain's settled payments: confirmations, finality, reorgs.
+pub(super) async fn run_finality(ctx: std::sync::Arc<ChainCtx>) {
+    let tick = ctx.config.receipt_poll.max(Duration::from_millis(100));
+    let mut last_head: Option<B256> = None;
+    let mut last_deep = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let deep = last_deep.elapsed() >= DEEP_CHECK_EVERY;
+        match check(&ctx, &mut last_head, deep).await {
+            Ok(()) => {
+                if deep {
+                    last_deep = Instant::now();
+                }
+            }
+            Err(e) => {
+                ctx.count_ledger_error(&e);
+                tracing::warn!(network = %ctx.network_label, error = %e, "finality check failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct BlockHead {
+    number: alloy::primitives::U64,
+    hash: B256,
+}
+
+async fn check(ctx: &ChainCtx, last_head: &mut Option<B256>, deep: bool) -> Result<(), StepError> {
+    let rpc = &ctx.network().rpc;
+    let head: BlockHead = rpc
+        .typed(RpcCall {
+            method: "eth_getBlockByNumber",
+            params: json!(["latest", false]),
+        })
+        .await?
+        .map_err(|e| RpcError::Malformed(e.message))?;
+    if *last_head == Some(head.hash) && !deep {
+        return Ok(());
+    }
+    let head_number = head.number.to::<u64>();
+    let settled = ctx.ledger.settled_unfinal(ctx.chain_id()).await?;
+    // The hash each block number of ours has now.
+    let numbers: Vec<u64> = settled
+        .iter()
+        .map(|s| s.block_number)
+        .filter(|n| deep || head_number.saturating_sub(*n) < SHALLOW_DEPTH)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let calls: Vec<RpcCall> = numbers
+        .iter()
+        .map(|n| RpcCall {
+            method: "eth_getBlockByNumber",
+            params: json!([format!("0x{n:x}"), false]),
+        })
+        .collect();
+    let mut now_hash: BTreeMap<u64, Option<B256>> = BTreeMap::new();
+    for (n, r) in numbers
+        .iter()
+        .zip(rpc.typed_batch::<Option<BlockHead>>(&calls).await?)
+    {
+        let block = r.map_err(|e| RpcError::Malformed(e.message))?;
+        now_hash.insert(*n, block.map(|b| b.hash));
+    }
+    let mut suspect: HashMap<B256, Vec<i64>> = HashMap::new();
+    let mut confirm = Vec::new();
+    let mut finalize = Vec::new();
+    for s in &settled {
+        let Some(current) = now_hash.get(&s.block_number) else {
+            continue; // deep and not checked this time
+        };
+        let Some(tx_hash) = s.tx_hash else { continue };
+        if *current != s.block_hash || current.is_none() {
+            suspect.entry(tx_hash).or_default().push(s.id);
+            continue;
+        }
+        let depth = head_number.saturating_sub(s.block_number) + 1;
+        if s.state == PaymentState::Included && depth >= ctx.config.confirmations {
+            confirm.push(s.id);
+        }
+        if s.state == PaymentState::Confirmed && depth > ctx.config.finality_blocks {
+            finalize.push(s.id);
+        }
+    }
+    // Finality needs the deep check to have just looked at the block.
+    let confirmed = ctx
+        .ledger
+        .transition(&confirm, &Transition::Confirmed)
+        .await?;
+    ctx.waiters.notify_all(&confirmed);
+    ctx.ledger
+        .transition(&finalize, &Transition::Finalized)
+        .await?;
+    if !suspect.is_empty() {
+        reorged(ctx, suspect).await?;
+    }
+    *last_head = Some(head.hash);
+    Ok(())
+}
+
+/// Transactions whose block changed: re-included elsewhere (new evidence), or gone (each payment to
+/// the reconciler, the lane told to resynchronise its nonce).
+async fn reorged(ctx: &ChainCtx, suspect: HashMap<B256, Vec<i64>>) -> Result<(), StepError> {
+    let hashes: Vec<B256> = suspect.keys().copied().collect();
+    let found = receipts(ctx, &hashes).await?;
+    for (hash, receipt) in hashes.iter().zip(found) {
+        let tx = ctx.ledger.transaction_by_hash(*hash).await?;
+        match receipt.as_ref().and_then(mined_of) {
+            Some(mined) => {
+                tracing::warn!(tx = %hash, block = mined.block_number, "reorg: settlement transaction re-included in another block");
+                if let Some(t) = &tx {
+                    ctx.ledger
+                        .record_mined(t.id, t.batch_id, &mined, &[], true)
+                        .await?;
+                }
+                let at = crate::ledger::Inclusion {
+                    tx_hash: *hash,
+                    block_number: mined.block_number,
+                    block_hash: mined.block_hash,
+                };
+                let ids = suspect.get(hash).cloned().unwrap_or_default();
+                ctx.ledger
+                    .transition(
+                        &ids,
+                        &Transition::SettledAt {
+                            at,
+                            why: "re-included after a reorg".into(),
+                        },
+                    )
+                    .await?;
+            }
+            None => {
+                tracing::warn!(tx = %hash, "reorg: settlement transaction no longer on chain");
+                if let Some(t) = &tx {
+                    ctx.ledger.set_tx_status(t.id, TxStatus::Reorged).await?;
+                    if let Some(lane) = ctx.lane_of(t.wallet) {
+                        lane.resync
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                for p in ctx.ledger.payments_of_tx(*hash).await? {
+                    if matches!(p.state, PaymentState::Included | PaymentState::Confirmed) {
+                        reconciler::unincluded(ctx, &p).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
