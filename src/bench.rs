@@ -62,6 +62,7 @@ pub struct BenchEnv {
     pub server: RunningServer,
     pub payers: Vec<PrivateKeySigner>,
     pub pay_to: Address,
+    pub gas_keys: Vec<PrivateKeySigner>,
 }
 
 impl BenchEnv {
@@ -73,21 +74,39 @@ impl BenchEnv {
         block_time: Option<u64>,
         settlement: &str,
     ) -> Result<BenchEnv, BenchError> {
+        BenchEnv::start_with(payers, block_time, settlement, 1).await
+    }
+
+    /// As [`BenchEnv::start`], settling from `gas_wallets` funded wallets.
+    pub async fn start_with(
+        payers: usize,
+        block_time: Option<u64>,
+        settlement: &str,
+        gas_wallets: usize,
+    ) -> Result<BenchEnv, BenchError> {
         let chain = DevChain::start(84532, block_time).await?;
-        let gas = PrivateKeySigner::random();
-        chain
-            .fund_eth(gas.address(), U256::from(10u128.pow(21)))
-            .await?;
+        let mut env = BTreeMap::new();
+        let mut refs = Vec::new();
+        let mut gas_keys = Vec::new();
+        for i in 0..gas_wallets.max(1) {
+            let gas = PrivateKeySigner::random();
+            chain
+                .fund_eth(gas.address(), U256::from(10u128.pow(21)))
+                .await?;
+            env.insert(
+                format!("BENCH_GAS_KEY_{i}"),
+                alloy::hex::encode(gas.to_bytes()),
+            );
+            refs.push(format!("\"$BENCH_GAS_KEY_{i}\""));
+            gas_keys.push(gas);
+        }
         let dir = tempdir()?;
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[gas_wallets]\nprivate_keys = [\"$BENCH_GAS_KEY\"]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
             chain.rpc_url(),
+            refs.join(", "),
             dir.display(),
         );
-        let env = BTreeMap::from([(
-            "BENCH_GAS_KEY".to_owned(),
-            alloy::hex::encode(gas.to_bytes()),
-        )]);
         let config =
             Config::from_toml(&text, &env).map_err(|e| BenchError::Config(e.to_string()))?;
         let server = RunningServer::start(&config).await?;
@@ -107,6 +126,7 @@ impl BenchEnv {
             server,
             payers: funded,
             pay_to,
+            gas_keys,
         })
     }
 
@@ -291,6 +311,8 @@ pub struct SettleLoad {
     pub duration_s: u64,
     /// `None`: automine; `Some(s)`: a block every `s` seconds.
     pub block_time: Option<u64>,
+    /// Gas wallets (lanes) settling.
+    pub gas_wallets: usize,
 }
 
 /// What `x402d bench settle` measured.
@@ -302,11 +324,20 @@ pub struct SettleReport {
     pub transactions: usize,
     pub mean_batch_size: f64,
     pub gas_per_payment: f64,
+    pub gas_wallets: usize,
+    /// Wallets that sent at least one mined transaction.
+    pub wallets_used: usize,
 }
 
 /// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments.
 pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> {
-    let env = BenchEnv::start(opts.payers, opts.block_time, "settle_timeout_seconds = 25").await?;
+    let env = BenchEnv::start_with(
+        opts.payers,
+        opts.block_time,
+        "settle_timeout_seconds = 25",
+        opts.gas_wallets,
+    )
+    .await?;
     let bodies = env.signed_bodies(opts.payments)?;
     let dir = tempdir()?;
     let file = dir.join("settle-bodies.jsonl");
@@ -356,7 +387,130 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         transactions: txs.len(),
         mean_batch_size: confirmed as f64 / txs.len().max(1) as f64,
         gas_per_payment: gas as f64 / confirmed.max(1) as f64,
+        gas_wallets: opts.gas_wallets,
+        wallets_used: txs
+            .iter()
+            .filter(|t| t.status == crate::ledger::TxStatus::Mined)
+            .map(|t| t.wallet)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
     })
+}
+
+/// What `x402d bench recovery` measured, in seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    /// From a rollback of a settled payment's block (and one new block) until the payee's balance
+    /// is whole again.
+    pub reorg_to_payee_whole_s: f64,
+    /// From a transaction sent outside x402d with a lane's key until the next payment settles.
+    pub outside_send_to_next_settlement_s: f64,
+    /// From a transaction of ours dropped from the pool (mining paused) until it is mined again.
+    pub dropped_to_settled_s: f64,
+}
+
+/// `x402d bench recovery`: how fast the engine heals after a reorg, an outside send and a
+/// dropped pool (one gas wallet, automine; `rebroadcast_after` 1 s).
+pub async fn recovery(rounds: usize) -> Result<Vec<RecoveryReport>, BenchError> {
+    use alloy::providers::ext::AnvilApi;
+    use alloy::providers::{Provider, ProviderBuilder};
+    let err = |e: &dyn std::fmt::Display| BenchError::Config(e.to_string());
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let env = BenchEnv::start_with(3, None, "rebroadcast_after_seconds = 1", 1).await?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/settle", env.server.url());
+        let bodies: Vec<String> = env.signed_bodies(3)?.lines().map(str::to_owned).collect();
+        let settle = |body: String| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| BenchError::Config(e.to_string()))?
+                    .text()
+                    .await
+                    .map_err(|e| BenchError::Config(e.to_string()))
+            }
+        };
+        let p = env.chain.provider();
+        let balance = || env.chain.balance_of(env.chain.usdc, env.pay_to);
+        let before = balance().await?;
+        settle(bodies[0].clone()).await?;
+        let paid = balance().await?;
+        p.anvil_rollback(Some(1)).await.map_err(|e| err(&e))?;
+        p.evm_mine(None).await.map_err(|e| err(&e))?;
+        let t = std::time::Instant::now();
+        while balance().await? != paid {
+            if t.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(BenchError::Config("the payee was never made whole".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let reorg = t.elapsed().as_secs_f64();
+        let _ = before;
+
+        let txs = env
+            .server
+            .facilitator
+            .ledger()
+            .transactions(84532)
+            .await
+            .map_err(|e| err(&e))?;
+        let wallet_key = env.gas_keys.first().cloned();
+        let Some(key) = wallet_key else {
+            return Err(BenchError::Config("no gas key".into()));
+        };
+        let _ = txs;
+        let outside = ProviderBuilder::new()
+            .wallet(alloy::network::EthereumWallet::from(key))
+            .connect_http(env.chain.rpc_url().parse().map_err(|e| err(&e))?);
+        let t = std::time::Instant::now();
+        let send = alloy::rpc::types::TransactionRequest::default()
+            .to(Address::repeat_byte(0x55))
+            .value(U256::from(1));
+        outside
+            .send_transaction(send)
+            .await
+            .map_err(|e| err(&e))?
+            .get_receipt()
+            .await
+            .map_err(|e| err(&e))?;
+        let answer = settle(bodies[1].clone()).await?;
+        if !answer.contains("\"success\":true") {
+            return Err(BenchError::Config(format!(
+                "after an outside send: {answer}"
+            )));
+        }
+        let outside_s = t.elapsed().as_secs_f64();
+
+        p.anvil_set_auto_mine(false).await.map_err(|e| err(&e))?;
+        let pending = tokio::spawn(settle(bodies[2].clone()));
+        let ledger = env.server.facilitator.ledger().clone();
+        while ledger.transactions(84532).await.map_err(|e| err(&e))?.len() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        p.anvil_drop_all_transactions().await.map_err(|e| err(&e))?;
+        p.anvil_set_auto_mine(true).await.map_err(|e| err(&e))?;
+        let t = std::time::Instant::now();
+        let answer = pending
+            .await
+            .map_err(|e| BenchError::Config(e.to_string()))??;
+        if !answer.contains("\"success\":true") {
+            return Err(BenchError::Config(format!(
+                "after a dropped pool: {answer}"
+            )));
+        }
+        out.push(RecoveryReport {
+            reorg_to_payee_whole_s: reorg,
+            outside_send_to_next_settlement_s: outside_s,
+            dropped_to_settled_s: t.elapsed().as_secs_f64(),
+        });
+        env.server.stop().await;
+    }
+    Ok(out)
 }
 
 /// Gas of one batch of a given size.

@@ -1,20 +1,40 @@
 //! The one clock. Lives below every room (nothing here imports another room), so the ledger, the
 //! facilitator, settlement, telemetry and Dial all read the same time.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Milliseconds added to the system time by [`advance`].
+static OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Moves this process's clock forward, for tests of time windows (expiry, ageing) that must not
+/// sleep. Never called by x402d itself.
+pub fn advance(by: Duration) {
+    OFFSET_MS.fetch_add(
+        i64::try_from(by.as_millis()).unwrap_or(i64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
-/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
-pub fn now_ms() -> i64 {
+/// Undoes every [`advance`].
+pub fn reset() {
+    OFFSET_MS.store(0, Ordering::Relaxed);
+}
+
+fn system_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+        .saturating_add(OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    u64::try_from(system_ms() / 1000).unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    system_ms()
 }

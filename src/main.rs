@@ -55,6 +55,9 @@ enum Command {
         /// config for `x402d serve` (its path is `config` in the --env-out file).
         #[arg(long)]
         chain_only: bool,
+        /// Where to write the ready `x402d.toml` (default: under x402d-data/).
+        #[arg(long)]
+        config_out: Option<PathBuf>,
     },
     /// Load tests against a local chain this command sets up (needs `wrk`).
     Bench {
@@ -132,6 +135,15 @@ enum BenchCommand {
         /// Seconds between blocks (0: mine each transaction at once).
         #[arg(long, default_value_t = 0)]
         block_time: u64,
+        /// Gas wallets (lanes) settling.
+        #[arg(long, default_value_t = 1)]
+        gas_wallets: usize,
+    },
+    /// Seconds to heal: from a reorg to the payee made whole, from an outside send to the next
+    /// settlement, from a dropped pool to the payment settled.
+    Recovery {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Gas per payment against batch size (shared, already-funded payee).
     Gas {
@@ -176,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
             ledger_url,
             gas_wallets,
             chain_only,
+            config_out,
         } => {
             let run = x402d::clock::unix_now();
             let ledger_url =
@@ -188,7 +201,8 @@ async fn main() -> anyhow::Result<()> {
                 ledger_url,
                 gas_wallets,
                 chain_only,
-                config_out: PathBuf::from(format!("x402d-data/dev-{run}.toml")),
+                config_out: config_out
+                    .unwrap_or_else(|| PathBuf::from(format!("x402d-data/dev-{run}.toml"))),
             };
             let stack = x402d::devmode::start(&opts).await?;
             println!("{}", x402d::devmode::next_steps(&stack.env));
@@ -228,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
                     threads,
                     duration,
                     block_time,
+                    gas_wallets,
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
@@ -238,8 +253,15 @@ async fn main() -> anyhow::Result<()> {
                 threads,
                 duration_s: duration,
                 block_time,
+                gas_wallets,
             };
             let report = x402d::bench::settle_load(&opts).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Bench {
+            what: BenchCommand::Recovery { rounds },
+        } => {
+            let report = x402d::bench::recovery(rounds).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {

@@ -115,3 +115,109 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
         "anvil still answers at {rpc} after x402d dev stopped"
     );
 }
+
+/// Pays one SMS through a Dial at `merchant`.
+async fn pay_sms(merchant: &str, payer: &PrivateKeySigner) -> x402d::client::PayOutcome {
+    pay(
+        &reqwest::Client::new(),
+        payer,
+        &PayRequest {
+            method: reqwest::Method::POST,
+            url: format!("{merchant}/api/v1/sms/send"),
+            body: Some(r#"{"to":"+14155550100","message":"hello"}"#.into()),
+            headers: Vec::new(),
+            network: Some("eip155:84532".into()),
+            asset: None,
+            max_amount: "1".into(),
+            force_v1: false,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn wait_for_json(path: &std::path::Path) -> Value {
+    for _ in 0..300 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} was never written", path.display());
+}
+
+fn serve(config: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["serve", "--config", config])
+        .env("X402D_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(url: &str) {
+    for _ in 0..200 {
+        if reqwest::get(format!("{url}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} never became healthy");
+}
+
+#[tokio::test]
+async fn chain_only_outlives_a_killed_serve_and_lists_every_gas_wallet() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_path = dir.path().join("env.json");
+    let config_path = dir.path().join("x402d.toml");
+    let port = free_port();
+    let _chain = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["dev", "--chain-only", "--gas-wallets", "3", "--payers", "2"])
+        .args(["--port", &port.to_string()])
+        .arg("--env-out")
+        .arg(&env_path)
+        .arg("--config-out")
+        .arg(&config_path)
+        .arg("--ledger-url")
+        .arg(format!("sqlite://{}/ledger.db", dir.path().display()))
+        .env("X402D_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let env = wait_for_json(&env_path).await;
+    assert_eq!(env["gas_wallets"].as_array().unwrap().len(), 3, "{env}");
+    let keys = env["gas_wallet_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3);
+    for (k, w) in keys.iter().zip(env["gas_wallets"].as_array().unwrap()) {
+        let signer: PrivateKeySigner = k.as_str().unwrap().parse().unwrap();
+        assert_eq!(signer.address().to_checksum(None), w.as_str().unwrap());
+    }
+    assert_eq!(env["serving"], false);
+    assert_eq!(env["config"], config_path.display().to_string());
+    let merchant = env["merchant_url"].as_str().unwrap().to_owned();
+    let payer: PrivateKeySigner = env["payer_keys"][0].as_str().unwrap().parse().unwrap();
+
+    let config = env["config"].as_str().unwrap().to_owned();
+    let mut first = serve(&config);
+    wait_healthy(&merchant).await;
+    let out = pay_sms(&merchant, &payer).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.receipt.is_some_and(|r| r.success));
+    first.kill().await.unwrap(); // SIGKILL
+
+    // The chain outlived it: a new serve on the same chain and ledger carries on.
+    let _second = serve(&config);
+    wait_healthy(&merchant).await;
+    let out = pay_sms(&merchant, &payer).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(out.receipt.is_some_and(|r| r.success));
+}

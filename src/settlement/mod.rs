@@ -423,7 +423,8 @@ impl Settlement {
         views
     }
 
-    /// Waits until the payment is terminal or the deadline passes; returns its latest row.
+    /// Waits until the payment is terminal, the deadline passes, or every gas wallet of its chain
+    /// is found dry (it then waits in the queue, not here); returns its latest row.
     pub async fn wait(&self, id: i64, timeout: Duration) -> Result<Payment, LedgerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let handle = self.waiters.get(id);
@@ -436,7 +437,10 @@ impl Settlement {
                 .payment(id)
                 .await?
                 .ok_or_else(|| LedgerError::Corrupt(format!("payment {id} vanished")))?;
-            if payment.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            if payment.state.is_terminal()
+                || tokio::time::Instant::now() >= deadline
+                || !self.can_pay(payment.chain_id)
+            {
                 break payment;
             }
             let poll = tokio::time::Instant::now() + Duration::from_millis(500);

@@ -76,6 +76,10 @@ pub struct HarnessOptions {
     pub in_process: bool,
     /// Enable Dial with these extra `[dial]` keys (`pay_to` is the harness's).
     pub dial: Option<String>,
+    /// Gas wallets (lanes), each funded with 100 ETH.
+    pub gas_wallets: usize,
+    /// Keys of the served network's `[networks.fees]` table.
+    pub fees: String,
 }
 
 impl Default for HarnessOptions {
@@ -86,6 +90,8 @@ impl Default for HarnessOptions {
             block_time: None,
             in_process: true,
             dial: None,
+            gas_wallets: 1,
+            fees: String::new(),
         }
     }
 }
@@ -95,6 +101,8 @@ pub struct Harness {
     /// The config the server runs with (without the environment), for starting it elsewhere.
     pub config_text: String,
     pub gas_key: PrivateKeySigner,
+    /// Every gas wallet; `gas_key` is the first.
+    pub gas_keys: Vec<PrivateKeySigner>,
     pub ledger_url: String,
     _ledger_dir: Option<tempfile::TempDir>,
     pub server: Option<RunningServer>,
@@ -108,6 +116,18 @@ pub struct Harness {
     pub not_3009_token: Address,
     /// A wallet factory that is not on the ERC-6492 allowlist.
     pub unlisted_factory: Address,
+}
+
+fn gas_env(keys: &[PrivateKeySigner]) -> BTreeMap<String, String> {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                format!("TEST_GAS_KEY_{i}"),
+                alloy::hex::encode(k.to_bytes()),
+            )
+        })
+        .collect()
 }
 
 pub fn now() -> u64 {
@@ -131,11 +151,20 @@ impl Harness {
         let unlisted_factory = chain.deploy(artifacts::WALLET_FACTORY).await.unwrap();
         let ghost_token = Address::repeat_byte(0x61);
         let not_3009_token = x402d::chain::bindings::MULTICALL3;
-        let gas_key = PrivateKeySigner::random();
-        chain
-            .fund_eth(gas_key.address(), U256::from(10u128.pow(20)))
-            .await
-            .unwrap();
+        let gas_keys: Vec<PrivateKeySigner> = (0..opts.gas_wallets.max(1))
+            .map(|_| PrivateKeySigner::random())
+            .collect();
+        for k in &gas_keys {
+            chain
+                .fund_eth(k.address(), U256::from(10u128.pow(20)))
+                .await
+                .unwrap();
+        }
+        let gas_key = gas_keys[0].clone();
+        let key_refs = (0..gas_keys.len())
+            .map(|i| format!("\"$TEST_GAS_KEY_{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let pay_to = Address::random();
         let dial = match &opts.dial {
             Some(extra) => format!("[dial]\npay_to = \"{pay_to}\"\n{extra}\n"),
@@ -163,10 +192,12 @@ impl Harness {
             name = "Not3009"
             version = "1"
             decimals = 6
+            [networks.fees]
+            {fees}
             [exact]
             eip6492_factories = ["{factory}"]
             [gas_wallets]
-            private_keys = ["$TEST_GAS_KEY"]
+            private_keys = [{key_refs}]
             [ledger]
             url = "{ledger_url}"
             [settlement]
@@ -176,11 +207,9 @@ impl Harness {
             rpc = chain.rpc_url(),
             factory = chain.wallet_factory,
             settlement = opts.settlement,
+            fees = opts.fees,
         );
-        let env = BTreeMap::from([(
-            "TEST_GAS_KEY".to_owned(),
-            alloy::hex::encode(gas_key.to_bytes()),
-        )]);
+        let env = gas_env(&gas_keys);
         let config = Config::from_toml(&text, &env).unwrap();
         let server = if opts.in_process {
             Some(RunningServer::start(&config).await.unwrap())
@@ -191,6 +220,7 @@ impl Harness {
             chain,
             config_text: text,
             gas_key,
+            gas_keys,
             ledger_url,
             _ledger_dir: ledger_dir,
             server,
@@ -218,10 +248,7 @@ impl Harness {
 
     /// The environment the config refers to.
     pub fn config_env(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(
-            "TEST_GAS_KEY".to_owned(),
-            alloy::hex::encode(self.gas_key.to_bytes()),
-        )])
+        gas_env(&self.gas_keys)
     }
 
     pub async fn settle(&self, body: &Value) -> (u16, Value) {
@@ -235,11 +262,12 @@ impl Harness {
 
     /// Fresh payers, each holding exactly `amount`.
     pub async fn funded_payers(&self, n: usize, amount: u64) -> Vec<PrivateKeySigner> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(self.funded_payer(amount).await);
-        }
-        out
+        use futures::StreamExt;
+        // Several mints in flight at once (the provider hands out the funder's nonces in order).
+        futures::stream::iter((0..n).map(|_| self.funded_payer(amount)))
+            .buffered(16)
+            .collect()
+            .await
     }
 
     /// A fresh payer holding `amount` of the test USDC.
