@@ -7,6 +7,7 @@ use std::process::Command;
 
 use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{facilitator_body, payload_v2, sign_for_v2};
@@ -110,14 +111,19 @@ impl BenchEnv {
         let config =
             Config::from_toml(&text, &env).map_err(|e| BenchError::Config(e.to_string()))?;
         let server = RunningServer::start(&config).await?;
-        let mut funded = Vec::with_capacity(payers);
-        for _ in 0..payers {
+        // Several mints in flight at once (the provider hands out the funder's nonces in order).
+        let funded: Vec<PrivateKeySigner> = futures::stream::iter((0..payers).map(|_| async {
             let p = PrivateKeySigner::random();
             chain
                 .mint(chain.usdc, p.address(), U256::from(1_000_000_000_000u64))
-                .await?;
-            funded.push(p);
-        }
+                .await
+                .map(|_| p)
+        }))
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
         let pay_to = Address::repeat_byte(0x77);
         // An already-funded payee, as a merchant's address is: its balance slot is warm.
         chain.mint(chain.usdc, pay_to, U256::from(1u64)).await?;

@@ -20,11 +20,9 @@ enum Bind {
     Null,
 }
 
-/// A settled payment still inside the finality window, with where it was mined.
+/// Where settled payments still inside the finality window were mined (one per transaction).
 #[derive(Debug, Clone)]
-pub struct Settled {
-    pub id: i64,
-    pub state: super::PaymentState,
+pub struct SettledBlock {
     pub tx_hash: Option<B256>,
     pub block_number: u64,
     pub block_hash: Option<B256>,
@@ -354,18 +352,19 @@ impl Ledger {
         opt_u64_of(&row, "n")
     }
 
-    /// Payments of a chain in `included` or `confirmed`: the finality window's watch list.
-    pub async fn settled_unfinal(&self, chain_id: u64) -> Result<Vec<Settled>, LedgerError> {
+    /// Where a chain's `included` and `confirmed` payments were mined, one row per transaction:
+    /// the finality window's watch list.
+    pub async fn settled_blocks(&self, chain_id: u64) -> Result<Vec<SettledBlock>, LedgerError> {
         let rows = sqlx::query(
-            "SELECT id, state, tx_hash, block_number, block_hash FROM payments WHERE chain_id = $1 \
-             AND state IN ('included','confirmed') AND block_number IS NOT NULL ORDER BY block_number",
+            "SELECT tx_hash, block_number, block_hash FROM payments WHERE chain_id = $1 \
+             AND state IN ('included','confirmed') AND block_number IS NOT NULL \
+             GROUP BY tx_hash, block_number, block_hash ORDER BY block_number",
         )
         .bind(i64_of(chain_id))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
-                let state: String = r.try_get("state")?;
                 let hash = |c: &str| -> Result<Option<B256>, LedgerError> {
                     let s: Option<String> = r.try_get(c)?;
                     s.map(|s| {
@@ -374,15 +373,31 @@ impl Ledger {
                     })
                     .transpose()
                 };
-                Ok(Settled {
-                    id: r.try_get("id")?,
-                    state: state.parse()?,
+                Ok(SettledBlock {
                     tx_hash: hash("tx_hash")?,
                     block_number: u64_of(r, "block_number")?,
                     block_hash: hash("block_hash")?,
                 })
             })
             .collect()
+    }
+
+    /// Ids of a chain's payments in `state` mined at or below `max_block`.
+    pub async fn mined_up_to(
+        &self,
+        chain_id: u64,
+        state: super::PaymentState,
+        max_block: u64,
+    ) -> Result<Vec<i64>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT id FROM payments WHERE chain_id = $1 AND state = $2 AND block_number <= $3",
+        )
+        .bind(i64_of(chain_id))
+        .bind(state.as_str())
+        .bind(i64_of(max_block))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
     /// Wei spent by a chain's settlement transactions mined since `since_ms` (gas × price + L1 fee).

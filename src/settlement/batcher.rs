@@ -37,8 +37,9 @@ pub(super) async fn run(ctx: Arc<ChainCtx>) {
             l.shared.health() == LaneHealth::Ready && l.shared.load.load(Ordering::Relaxed) == 0
         });
         if !idle_lane {
-            // Everyone is busy: gather for a while (or until a lane frees up and wakes us).
-            let _ = tokio::time::timeout(ctx.config.batch_window, ctx.wake.notified()).await;
+            // Every lane has transactions in flight: gather what arrives for up to the window, or
+            // until a lane frees up (new payments do not cut the gathering short).
+            let _ = tokio::time::timeout(ctx.config.batch_window, ctx.lane_freed.notified()).await;
         }
         match round(&ctx, &mut deferrals).await {
             Ok(true) => continue,
@@ -49,7 +50,11 @@ pub(super) async fn run(ctx: Arc<ChainCtx>) {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), ctx.wake.notified()).await;
+        tokio::select! {
+            _ = ctx.wake.notified() => {}
+            _ = ctx.lane_freed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

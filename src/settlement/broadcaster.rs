@@ -138,7 +138,7 @@ impl Lane {
         self.slots.remove(index);
         self.shared.load.fetch_sub(1, Ordering::Relaxed);
         self.publish();
-        self.ctx.wake.notify_one();
+        self.ctx.lane_freed.notify_one();
     }
 
     /// Resumes from the ledger: every open transaction of this wallet is in flight again and is
@@ -212,7 +212,7 @@ impl Lane {
         self.ctx.unassign(ids);
         if !sent {
             self.shared.load.fetch_sub(1, Ordering::Relaxed);
-            self.ctx.wake.notify_one();
+            self.ctx.lane_freed.notify_one();
         }
     }
 
@@ -593,7 +593,7 @@ impl Lane {
             tracing::warn!(wallet = %self.shared.wallet, error = %e, "lane cannot resynchronise; retrying");
         } else if matches!(self.shared.health(), LaneHealth::Stalled(_)) {
             self.shared.set_health(LaneHealth::Ready);
-            self.ctx.wake.notify_one();
+            self.ctx.lane_freed.notify_one();
         }
     }
 
@@ -745,7 +745,7 @@ impl Lane {
         if balance >= self.needed {
             tracing::info!(wallet = %self.shared.wallet, %balance, "gas wallet funded; taking batches again");
             self.shared.set_health(LaneHealth::Ready);
-            self.ctx.wake.notify_one();
+            self.ctx.lane_freed.notify_one();
         } else {
             self.shared.set_health(LaneHealth::Dry {
                 balance,

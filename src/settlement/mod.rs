@@ -207,8 +207,10 @@ pub(crate) struct ChainCtx {
     /// Payments handed to a lane and not yet recorded in a batch: the batcher skips them.
     assigned: Mutex<HashSet<i64>>,
     lanes: Vec<LaneHandle>,
-    /// Wakes the batcher (a payment was queued, a lane freed up or recovered).
+    /// Wakes the batcher: a payment was queued.
     wake: Notify,
+    /// Wakes the batcher: a lane finished a transaction, gave a batch back, or recovered.
+    lane_freed: Notify,
     /// Why the queue is not moving, when it is not.
     waiting: Mutex<Option<String>>,
     /// The most gas one plain item has used in our receipts.
@@ -346,6 +348,7 @@ impl Settlement {
                 assigned: Mutex::new(HashSet::new()),
                 lanes,
                 wake: Notify::new(),
+                lane_freed: Notify::new(),
                 waiting: Mutex::new(None),
                 learned_item_gas: Mutex::new(None),
             });

@@ -2,7 +2,7 @@
 //! `AuthorizationUsed` logs, and every settled payment followed through confirmations and the
 //! finality window, where a replaced block hash or a vanished receipt is a reorg.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use alloy::network::ReceiptResponse;
@@ -230,7 +230,7 @@ async fn check(ctx: &ChainCtx, last_head: &mut Option<B256>, deep: bool) -> Resu
         return Ok(());
     }
     let head_number = head.number.to::<u64>();
-    let settled = ctx.ledger.settled_unfinal(ctx.chain_id()).await?;
+    let settled = ctx.ledger.settled_blocks(ctx.chain_id()).await?;
     // The hash each block number of ours has now.
     let numbers: Vec<u64> = settled
         .iter()
@@ -254,37 +254,36 @@ async fn check(ctx: &ChainCtx, last_head: &mut Option<B256>, deep: bool) -> Resu
         let block = r.map_err(|e| RpcError::Malformed(e.message))?;
         now_hash.insert(*n, block.map(|b| b.hash));
     }
-    let mut suspect: HashMap<B256, Vec<i64>> = HashMap::new();
-    let mut confirm = Vec::new();
-    let mut finalize = Vec::new();
-    for s in &settled {
-        let Some(current) = now_hash.get(&s.block_number) else {
-            continue; // deep and not checked this time
-        };
-        let Some(tx_hash) = s.tx_hash else { continue };
-        if *current != s.block_hash || current.is_none() {
-            suspect.entry(tx_hash).or_default().push(s.id);
-            continue;
-        }
-        let depth = head_number.saturating_sub(s.block_number) + 1;
-        if s.state == PaymentState::Included && depth >= ctx.config.confirmations {
-            confirm.push(s.id);
-        }
-        if s.state == PaymentState::Confirmed && depth > ctx.config.finality_blocks {
-            finalize.push(s.id);
-        }
-    }
-    // Finality needs the deep check to have just looked at the block.
-    let confirmed = ctx
-        .ledger
-        .transition(&confirm, &Transition::Confirmed)
-        .await?;
-    ctx.waiters.notify_all(&confirmed);
-    ctx.ledger
-        .transition(&finalize, &Transition::Finalized)
-        .await?;
+    let suspect: Vec<B256> = settled
+        .iter()
+        .filter(|s| {
+            now_hash
+                .get(&s.block_number)
+                .is_some_and(|current| current.is_none() || *current != s.block_hash)
+        })
+        .filter_map(|s| s.tx_hash)
+        .collect();
     if !suspect.is_empty() {
-        reorged(ctx, suspect).await?;
+        reorged(ctx, &suspect).await?;
+        // Depths are judged again on the next tick, on the chain as it is after the reorg.
+        return Ok(());
+    }
+    let confirmations = ctx.config.confirmations.max(1);
+    if let Some(max) = head_number.checked_sub(confirmations - 1) {
+        let ids = ctx
+            .ledger
+            .mined_up_to(ctx.chain_id(), PaymentState::Included, max)
+            .await?;
+        let confirmed = ctx.ledger.transition(&ids, &Transition::Confirmed).await?;
+        ctx.waiters.notify_all(&confirmed);
+    }
+    // Finality only after a deep check has just looked at every block of the window.
+    if deep && let Some(max) = head_number.checked_sub(ctx.config.finality_blocks) {
+        let ids = ctx
+            .ledger
+            .mined_up_to(ctx.chain_id(), PaymentState::Confirmed, max)
+            .await?;
+        ctx.ledger.transition(&ids, &Transition::Finalized).await?;
     }
     *last_head = Some(head.hash);
     Ok(())
@@ -292,9 +291,8 @@ async fn check(ctx: &ChainCtx, last_head: &mut Option<B256>, deep: bool) -> Resu
 
 /// Transactions whose block changed: re-included elsewhere (new evidence), or gone (each payment to
 /// the reconciler, the lane told to resynchronise its nonce).
-async fn reorged(ctx: &ChainCtx, suspect: HashMap<B256, Vec<i64>>) -> Result<(), StepError> {
-    let hashes: Vec<B256> = suspect.keys().copied().collect();
-    let found = receipts(ctx, &hashes).await?;
+async fn reorged(ctx: &ChainCtx, hashes: &[B256]) -> Result<(), StepError> {
+    let found = receipts(ctx, hashes).await?;
     for (hash, receipt) in hashes.iter().zip(found) {
         let tx = ctx.ledger.transaction_by_hash(*hash).await?;
         match receipt.as_ref().and_then(mined_of) {
@@ -310,7 +308,14 @@ async fn reorged(ctx: &ChainCtx, suspect: HashMap<B256, Vec<i64>>) -> Result<(),
                     block_number: mined.block_number,
                     block_hash: mined.block_hash,
                 };
-                let ids = suspect.get(hash).cloned().unwrap_or_default();
+                let ids: Vec<i64> = ctx
+                    .ledger
+                    .payments_of_tx(*hash)
+                    .await?
+                    .iter()
+                    .filter(|p| matches!(p.state, PaymentState::Included | PaymentState::Confirmed))
+                    .map(|p| p.id)
+                    .collect();
                 ctx.ledger
                     .transition(
                         &ids,
