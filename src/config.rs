@@ -848,4 +848,56 @@ mod tests {
             "{bad_key}"
         );
     }
+
+    #[test]
+    fn gas_wallet_key_files_are_read_and_their_errors_name_the_key_not_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("gas1");
+        let key = "4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318";
+        std::fs::write(&good, format!("0x{key}\n")).unwrap();
+        let text = format!(
+            "[gas_wallets]\nprivate_keys = [\"{key}\"]\nkey_files = [\"{}\"]\n",
+            good.display()
+        );
+        let c = Config::from_toml(&text, &env(&[])).unwrap();
+        assert_eq!(
+            c.gas_wallet_signers().unwrap().len(),
+            1,
+            "the same wallet counts once"
+        );
+        let bad = dir.path().join("gas2");
+        std::fs::write(&bad, "not a key SECRETISH").unwrap();
+        let text = format!("[gas_wallets]\nkey_files = [\"{}\"]\n", bad.display());
+        let e = Config::from_toml(&text, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("gas_wallets.key_files[0]"), "{e}");
+        assert!(!e.contains("SECRETISH"), "{e}");
+        let missing = format!(
+            "[gas_wallets]\nkey_files = [\"{}/nope\"]\n",
+            dir.path().display()
+        );
+        let e = Config::from_toml(&missing, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gas_wallets.key_files[0]"), "{e}");
+    }
+
+    #[test]
+    fn fee_policy_keys_are_checked() {
+        let base =
+            "[[networks]]\nchain_id = 8453\nrpc_urls = [\"http://127.0.0.1:1\"]\n[networks.fees]\n";
+        let e = Config::from_toml(&format!("{base}max_fee_per_gas_wei = 0\n"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("networks[0].fees.max_fee_per_gas_wei"), "{e}");
+        let e = Config::from_toml(&format!("{base}base_fee_multiplier = 0.5\n"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("networks[0].fees.base_fee_multiplier"), "{e}");
+        let ok = Config::from_toml(
+            &format!("{base}max_fee_per_gas_wei = 5000000000\n"),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(ok.networks[0].fees.max_fee_per_gas_wei, Some(5_000_000_000));
+    }
 }

@@ -264,3 +264,56 @@ async fn killed_between_inclusion_and_confirmation(backend: Backend) {
     service.kill_9();
     assert!(assert_settled_exactly_once(&h, &payers).await >= 1);
 }
+
+on_both_backends!(a_corrupt_stored_transaction_does_not_stop_recovery);
+async fn a_corrupt_stored_transaction_does_not_stop_recovery(backend: Backend) {
+    let Some(h) = harness(backend).await else {
+        return;
+    };
+    let payers = h.funded_payers(5, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies: Vec<Value> = payers
+        .iter()
+        .map(|p| h.body(2, &req, &h.sign(p, &req)))
+        .collect();
+    h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
+    let service = Service::start(&h, "settle_timeout_seconds = 2").await;
+    let pending = join_all(bodies.iter().map(|b| service.settle(b))).await;
+    for a in &pending {
+        assert_eq!(a["errorReason"], "settlement_pending", "{a}");
+    }
+    service.kill_9();
+    h.chain
+        .provider()
+        .anvil_drop_all_transactions()
+        .await
+        .unwrap();
+    // Damage the stored copy of one transaction: it can neither be decoded nor rebroadcast.
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    let victim = ledger.transactions(CHAIN_ID).await.unwrap()[0].id;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&h.ledger_url).await.unwrap();
+    sqlx::query("UPDATE transactions SET raw_tx = 'not hex' WHERE id = $1")
+        .bind(victim)
+        .execute(&pool)
+        .await
+        .unwrap();
+    h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
+    let service = Service::start(&h, "settle_timeout_seconds = 20").await;
+    let done = join_all(bodies.iter().map(|b| service.settle(b))).await;
+    for a in &done {
+        assert_eq!(a["success"], true, "{a}");
+    }
+    service.kill_9();
+    for p in &payers {
+        assert_eq!(h.usdc_balance(p.address()).await, U256::ZERO);
+    }
+    assert_eq!(
+        h.usdc_balance(h.pay_to).await,
+        U256::from(ONE_CENT * payers.len() as u64)
+    );
+    assert_eq!(
+        ledger.count_by_state().await.unwrap(),
+        vec![("confirmed".to_owned(), payers.len() as i64)]
+    );
+}

@@ -142,10 +142,7 @@ async fn four_wallets_settle_a_thousand_payments_once_with_contiguous_nonces(bac
     };
     let payers = h.funded_payers(1000, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let bodies = h.v2_bodies(&payers, &req);
     let answers = settle_all(&h, &bodies, 500).await;
     for (status, a) in &answers {
         assert_eq!(*status, 200, "{a}");
@@ -177,21 +174,7 @@ async fn a_stuck_transaction_is_replaced_and_its_payment_settles_once(backend: B
     let body = h.body(2, &req, &h.sign(&payer, &req));
     let p = h.chain.provider();
     p.anvil_set_auto_mine(false).await.unwrap();
-    let settle = tokio::spawn({
-        let http = h.http.clone();
-        let url = format!("{}/settle", h.url());
-        let body = body.clone();
-        async move {
-            http.post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    });
+    let settle = spawn_settle(&h, &body);
     let first = wait_for_transactions(&h, 1).await.remove(0);
     // The next block's base fee jumps above what the first transaction may pay: it is stuck.
     p.anvil_set_next_block_base_fee_per_gas(first.max_fee_per_gas * 3)
@@ -396,13 +379,8 @@ async fn an_outside_send_from_a_lane_key_mid_load_loses_and_doubles_nothing(back
     };
     let payers = h.funded_payers(200, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
-    let outside = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(h.gas_key.clone()))
-        .connect_http(h.chain.rpc_url().parse().unwrap());
+    let bodies = h.v2_bodies(&payers, &req);
+    let outside = lane_key_provider(&h);
     let sends = async {
         let mut n = 0u64;
         for _ in 0..5 {
@@ -472,9 +450,7 @@ async fn a_dropped_pool_and_a_stolen_nonce_heal_without_loss(backend: Backend) {
     let settle_b = spawn_settle(&h, &body_b);
     let ours = wait_for_transactions(&h, 2).await.pop().unwrap();
     p.anvil_drop_transaction(ours.tx_hash).await.unwrap();
-    let outside = ProviderBuilder::new()
-        .wallet(EthereumWallet::from(h.gas_key.clone()))
-        .connect_http(h.chain.rpc_url().parse().unwrap());
+    let outside = lane_key_provider(&h);
     let steal = TransactionRequest::default()
         .with_to(Address::random())
         .with_value(U256::from(1))
@@ -495,6 +471,13 @@ async fn a_dropped_pool_and_a_stolen_nonce_heal_without_loss(backend: Backend) {
     let stolen = txs.iter().find(|t| t.tx_hash == ours.tx_hash).unwrap();
     assert_eq!(stolen.status, TxStatus::Dropped);
     assert!(metric(&h, "x402d_lane_resyncs_total", "eip155:84532").await >= 1.0);
+}
+
+/// A provider signing with the first lane's own key, as an operator's script outside x402d would.
+fn lane_key_provider(h: &Harness) -> impl Provider {
+    ProviderBuilder::new()
+        .wallet(EthereumWallet::from(h.gas_key.clone()))
+        .connect_http(h.chain.rpc_url().parse().unwrap())
 }
 
 fn spawn_settle(h: &Harness, body: &Value) -> tokio::task::JoinHandle<Value> {
@@ -523,10 +506,7 @@ async fn one_poisoned_item_in_a_batch_of_fifty_fails_alone(backend: Backend) {
     let payers = h.funded_payers(48, ONE_CENT).await;
     let greedy = h.funded_payer(ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let mut bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let mut bodies = h.v2_bodies(&payers, &req);
     bodies.insert(10, h.body(2, &req, &h.sign(&greedy, &req)));
     bodies.insert(30, h.body(2, &req, &h.sign(&greedy, &req)));
     let answers = settle_all(&h, &bodies, 50).await;
@@ -557,10 +537,7 @@ async fn a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503(backe
     p.anvil_set_balance(a, U256::ZERO).await.unwrap();
     let req = h.requirement(ONE_CENT);
     let payers = h.funded_payers(20, ONE_CENT).await;
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let bodies = h.v2_bodies(&payers, &req);
     for (status, answer) in settle_all(&h, &bodies, 20).await {
         assert_eq!(status, 200, "{answer}");
         assert_eq!(answer["success"], true, "{answer}");
@@ -610,5 +587,70 @@ async fn a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503(backe
     assert!(
         used.contains(&a),
         "the funded wallet took the waiting payment"
+    );
+}
+
+on_both_backends!(a_spent_daily_gas_budget_holds_payments_visibly);
+async fn a_spent_daily_gas_budget_holds_payments_visibly(backend: Backend) {
+    let Some(h) = Harness::start_with(HarnessOptions {
+        backend,
+        settlement: "settle_timeout_seconds = 2".into(),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    // One wei of budget: the first transaction spends it, nothing more may be sent.
+    let text = h
+        .config_text
+        .replace("[exact]", "daily_gas_budget_wei = 1\n[exact]");
+    let config = x402d::config::Config::from_toml(&text, &h.config_env()).unwrap();
+    let server = x402d::server::RunningServer::start(&config).await.unwrap();
+    let url = server.url();
+    let req = h.requirement(ONE_CENT);
+    let post = |body: Value| {
+        let (http, url) = (h.http.clone(), url.clone());
+        async move {
+            http.post(format!("{url}/settle"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = h.funded_payer(ONE_CENT).await;
+    let a = post(h.body(2, &req, &h.sign(&first, &req))).await;
+    assert_eq!(a["success"], true, "{a}");
+    let second = h.funded_payer(ONE_CENT).await;
+    let b = post(h.body(2, &req, &h.sign(&second, &req))).await;
+    assert_eq!(b["errorReason"], "settlement_pending", "{b}");
+    assert_eq!(b["transaction"], "", "nothing sent over the budget: {b}");
+    let status: Value = h
+        .http
+        .get(format!("{url}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let waiting = status["settlement"][0]["waiting"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(waiting.contains("daily gas budget"), "{status}");
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(ONE_CENT));
+    assert_eq!(
+        server
+            .facilitator
+            .ledger()
+            .transactions(CHAIN_ID)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }

@@ -258,7 +258,11 @@ pub(super) fn transaction_of(row: &AnyRow) -> Result<Transaction, LedgerError> {
         chain_id: u64_of(row, "chain_id")?,
         wallet: parsed(row, "wallet")?,
         nonce: u64_of(row, "nonce")?,
-        raw_tx: bytes_of(row, "raw_tx")?,
+        // A damaged copy must not hide the row: the transaction is still watched by its hash.
+        raw_tx: bytes_of(row, "raw_tx").unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a stored settlement transaction's raw bytes are unreadable");
+            Bytes::new()
+        }),
         tx_hash: parsed(row, "tx_hash")?,
         gas_limit: u64_of(row, "gas_limit")?,
         max_fee_per_gas: parsed(row, "max_fee_per_gas")?,

@@ -628,24 +628,14 @@ impl Lane {
                     break;
                 }
             }
-            if !settled {
-                for a in &self.slots[i].attempts {
-                    self.ctx
-                        .ledger
-                        .set_tx_status(a.tx_id, TxStatus::Dropped)
-                        .await?;
-                }
-                let payments = self.in_batch(batch_id).await?;
-                tracing::warn!(wallet = %wallet, nonce = self.slots[i].nonce, items = payments.len(),
+            if settled {
+                self.finish(i);
+            } else {
+                tracing::warn!(wallet = %wallet, nonce = self.slots[i].nonce,
                     "nonce used by a transaction we did not send; its payments go back to the queue");
-                reconciler::unsettled(
-                    &self.ctx,
-                    &payments,
-                    "its nonce was used by another transaction",
-                )
-                .await?;
+                self.abandon(i, "its nonce was used by another transaction")
+                    .await?;
             }
-            self.finish(i);
         }
         let mut next = latest;
         for i in 0..self.slots.len() {
@@ -664,27 +654,30 @@ impl Lane {
         Ok(())
     }
 
+    /// Gives up a slot that can never be mined: its attempts are dropped and its payments go back
+    /// to the queue.
+    async fn abandon(&mut self, i: usize, why: &str) -> Result<(), StepError> {
+        for a in &self.slots[i].attempts {
+            self.ctx
+                .ledger
+                .set_tx_status(a.tx_id, TxStatus::Dropped)
+                .await?;
+        }
+        let payments = self.in_batch(self.slots[i].batch_id).await?;
+        reconciler::unsettled(&self.ctx, &payments, why).await?;
+        self.finish(i);
+        Ok(())
+    }
+
     /// Signs a slot's batch again at a fresh nonce (it sat behind a gap); its old attempts are
     /// superseded.
     async fn resign(&mut self, i: usize, nonce: u64) -> Result<(), StepError> {
         let batch_id = self.slots[i].batch_id;
         let Some(old) = self.slots[i].unsigned.clone() else {
             // Cannot be signed again: its payments go back to the queue instead.
-            for a in &self.slots[i].attempts {
-                self.ctx
-                    .ledger
-                    .set_tx_status(a.tx_id, TxStatus::Dropped)
-                    .await?;
-            }
-            let payments = self.in_batch(batch_id).await?;
-            reconciler::unsettled(
-                &self.ctx,
-                &payments,
-                "its transaction sat behind a nonce gap",
-            )
-            .await?;
-            self.finish(i);
-            return Ok(());
+            return self
+                .abandon(i, "its transaction sat behind a nonce gap")
+                .await;
         };
         let fees = match self.ctx.fees.quote(self.rpc()).await? {
             Quote::Send(f) => f,

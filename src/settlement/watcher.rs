@@ -345,3 +345,31 @@ async fn reorged(ctx: &ChainCtx, hashes: &[B256]) -> Result<(), StepError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An OP Stack receipt (Base) carries the L1 data fee beside the L2 fields; anvil's do not.
+    #[test]
+    fn the_l1_fee_of_an_op_stack_receipt_is_part_of_the_cost() {
+        let receipt: Receipt = serde_json::from_value(serde_json::json!({
+            "type": "0x2", "status": "0x1", "cumulativeGasUsed": "0x5208", "logs": [],
+            "logsBloom": format!("0x{}", "0".repeat(512)),
+            "transactionHash": format!("0x{}", "11".repeat(32)), "transactionIndex": "0x0",
+            "blockHash": format!("0x{}", "22".repeat(32)), "blockNumber": "0x10",
+            "gasUsed": "0x5208", "effectiveGasPrice": "0x3b9aca00",
+            "from": format!("0x{}", "33".repeat(20)), "to": format!("0x{}", "44".repeat(20)),
+            "contractAddress": null,
+            "l1Fee": "0x2540be400", "l1GasUsed": "0x640", "l1GasPrice": "0x1"
+        }))
+        .unwrap();
+        let mined = mined_of(&receipt).unwrap();
+        assert_eq!(mined.block_number, 16);
+        assert_eq!(mined.gas_used, 21_000);
+        assert_eq!(mined.effective_gas_price, 1_000_000_000);
+        assert_eq!(mined.l1_fee, Some(U256::from(10_000_000_000u64)));
+        assert!(mined.succeeded);
+        assert_eq!(authorizations_used(&receipt).len(), 0);
+    }
+}

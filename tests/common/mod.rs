@@ -328,6 +328,14 @@ impl Harness {
         .unwrap()
     }
 
+    /// A v2 body per payer, each paying `req` with a fresh authorization.
+    pub fn v2_bodies(&self, payers: &[PrivateKeySigner], req: &RequirementsV2) -> Vec<Value> {
+        payers
+            .iter()
+            .map(|p| self.body(2, req, &self.sign(p, req)))
+            .collect()
+    }
+
     /// The `/verify` body of version 1 or 2 for a (v2-shaped) requirement.
     pub fn body(&self, version: u8, req: &RequirementsV2, payload: &ExactEvmPayload) -> Value {
         if version == 2 {
