@@ -411,7 +411,8 @@ pub struct RecoveryReport {
     pub reorg_to_payee_whole_s: f64,
     /// From a transaction sent outside x402d with a lane's key until the next payment settles.
     pub outside_send_to_next_settlement_s: f64,
-    /// From a transaction of ours dropped from the pool (mining paused) until it is mined again.
+    /// From a transaction of ours dropped from the pool (mining paused, then resumed) until its
+    /// payment settles: the lane rebroadcasts it after `rebroadcast_after` (1 s here).
     pub dropped_to_settled_s: f64,
 }
 
@@ -443,7 +444,6 @@ pub async fn recovery(rounds: usize) -> Result<Vec<RecoveryReport>, BenchError> 
         };
         let p = env.chain.provider();
         let balance = || env.chain.balance_of(env.chain.usdc, env.pay_to);
-        let before = balance().await?;
         settle(bodies[0].clone()).await?;
         let paid = balance().await?;
         p.anvil_rollback(Some(1)).await.map_err(|e| err(&e))?;
@@ -456,20 +456,10 @@ pub async fn recovery(rounds: usize) -> Result<Vec<RecoveryReport>, BenchError> 
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let reorg = t.elapsed().as_secs_f64();
-        let _ = before;
 
-        let txs = env
-            .server
-            .facilitator
-            .ledger()
-            .transactions(84532)
-            .await
-            .map_err(|e| err(&e))?;
-        let wallet_key = env.gas_keys.first().cloned();
-        let Some(key) = wallet_key else {
+        let Some(key) = env.gas_keys.first().cloned() else {
             return Err(BenchError::Config("no gas key".into()));
         };
-        let _ = txs;
         let outside = ProviderBuilder::new()
             .wallet(alloy::network::EthereumWallet::from(key))
             .connect_http(env.chain.rpc_url().parse().map_err(|e| err(&e))?);
@@ -492,10 +482,11 @@ pub async fn recovery(rounds: usize) -> Result<Vec<RecoveryReport>, BenchError> 
         }
         let outside_s = t.elapsed().as_secs_f64();
 
+        let ledger = env.server.facilitator.ledger().clone();
+        let before = ledger.transactions(84532).await.map_err(|e| err(&e))?.len();
         p.anvil_set_auto_mine(false).await.map_err(|e| err(&e))?;
         let pending = tokio::spawn(settle(bodies[2].clone()));
-        let ledger = env.server.facilitator.ledger().clone();
-        while ledger.transactions(84532).await.map_err(|e| err(&e))?.len() < 3 {
+        while ledger.transactions(84532).await.map_err(|e| err(&e))?.len() <= before {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         p.anvil_drop_all_transactions().await.map_err(|e| err(&e))?;
