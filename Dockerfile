@@ -7,10 +7,12 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 # What the build reads: the manifest, the sources, the migrations (embedded by sqlx::migrate!), the
-# contract artifacts (embedded for `x402d dev`) and the declared bench target.
+# HTML templates (compiled in by askama), the contract artifacts (embedded for `x402d dev`) and the
+# declared bench target.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
+COPY templates ./templates
 COPY contracts/out ./contracts/out
 COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

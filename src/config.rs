@@ -75,8 +75,10 @@ pub struct DialConfig {
     /// A facilitator to use over HTTP instead of this process's own (any x402 facilitator).
     #[serde(default)]
     pub facilitator_url: Option<String>,
-    /// The public base URL of the merchant, used in resource URLs and SIWE messages; default: the
-    /// request's `Host`.
+    /// The public base URL of the merchant (`https://dial.example.com`), required: resource URLs
+    /// are built from it and SIWE messages must name its authority as their domain and it as their
+    /// URI. Never taken from a request's `Host` (a relaying site could sign victims in).
+    /// `x402d dev` sets it to its own address.
     #[serde(default)]
     pub public_url: Option<String>,
     /// How long a payment authorization may stay open (`maxTimeoutSeconds` of every offer).
@@ -662,19 +664,19 @@ fn expand_vars(
 fn expand_string(s: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(pos) = rest.find('$') {
-        out.push_str(&rest[..pos]);
-        let after = &rest[pos + 1..];
+    while let Some((before, after)) = rest.split_once('$') {
+        out.push_str(before);
         let (name, tail) = if let Some(braced) = after.strip_prefix('{') {
-            match braced.find('}') {
-                Some(end) => (&braced[..end], &braced[end + 1..]),
+            match braced.split_once('}') {
+                Some(split) => split,
                 None => return Err(format!("${{{braced} (unclosed)")),
             }
         } else {
             let end = after
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
-            (&after[..end], &after[end..])
+            // `end` is where a char starts (or the end): `split_at_checked` cannot fail here.
+            after.split_at_checked(end).unwrap_or((after, ""))
         };
         if name.is_empty() {
             out.push('$');
@@ -701,6 +703,13 @@ impl DialConfig {
         ] {
             crate::protocol::primitives::dollars_to_atomic(price, 6)
                 .map_err(|e| key_error(format!("dial.prices.{key}"), e))?;
+        }
+        if self.public_url.is_none() {
+            return Err(key_error(
+                "dial.public_url",
+                "is required: the public base URL of Dial (e.g. \"https://dial.example.com\"); \
+                 resource URLs and SIWE sign-ins are checked against it",
+            ));
         }
         for (key, url) in [
             ("dial.facilitator_url", &self.facilitator_url),
@@ -781,12 +790,22 @@ mod tests {
         assert_eq!(c.server.body_limit_bytes, 65536);
         let dial = c.dial.expect("the example enables Dial");
         assert_eq!(dial.prices.esim_checkout, "2.45");
+        assert_eq!(dial.public_url.as_deref(), Some("https://dial.example"));
         assert!(matches!(dial.provider, DialProvider::Sandbox));
     }
 
     #[test]
     fn dial_prices_and_provider_are_checked() {
-        let base = "[dial]\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\n";
+        let no_url = "[dial]\npay_to = \"0x209693Bc6afc0C5328bA36FaF03C514EF312287C\"\n";
+        let missing = Config::from_toml(no_url, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("dial.public_url"), "{missing}");
+        let no_host = Config::from_toml(&format!("{no_url}public_url = \"http://\"\n"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(no_host.contains("dial.public_url"), "{no_host}");
+        let base = &format!("{no_url}public_url = \"https://dial.example\"\n");
         let bad_price = Config::from_toml(
             &format!("{base}[dial.prices]\nsms_send = \"five\"\n"),
             &env(&[]),

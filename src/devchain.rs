@@ -56,26 +56,114 @@ fn chain_err(e: impl std::fmt::Display) -> DevChainError {
     DevChainError::Chain(e.to_string())
 }
 
-/// Where the anvil binary is: `$ANVIL_BIN`, else the pinned copy `anvil/install.sh` puts in this
-/// repository, else `anvil` on the PATH.
+/// Where the pinned anvil lives inside the repository's `anvil/` directory.
+const PINNED_ANVIL: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
+
+/// The anvil binary: `$ANVIL_BIN`, else the pinned copy in the repository's
+/// `anvil/node_modules`, installed on first use by `anvil/install.sh` (the one implementation of
+/// the install: `npm ci` of `anvil/package-lock.json`). Progress goes to stderr. No `anvil` from
+/// the PATH is used: only the pinned version is known to behave as the tests expect.
+///
+/// # Errors
+/// When the repository's `anvil/` directory cannot be found (see [`anvil_dir`]), npm is missing,
+/// or the install fails.
 pub fn anvil_binary() -> Result<PathBuf, DevChainError> {
-    if let Ok(p) = std::env::var("ANVIL_BIN") {
+    if let Some(p) = std::env::var_os("ANVIL_BIN") {
         return Ok(PathBuf::from(p));
     }
-    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("anvil/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-    if pinned.exists() {
+    let dir = anvil_dir()?;
+    let pinned = dir.join(PINNED_ANVIL);
+    if pinned.is_file() {
         return Ok(pinned);
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("anvil"))
-                .find(|p| p.exists())
-        })
+    // One install at a time in this process (tests start chains concurrently).
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if pinned.is_file() {
+        return Ok(pinned);
+    }
+    install_anvil(&dir)
+}
+
+/// The repository's `anvil/` directory (it holds `install.sh` and the pinned `package-lock.json`):
+/// `$X402D_HOME/anvil`, else the nearest `anvil/` of the current directory or one of its parents
+/// (so `cargo run -- dev` works from any clone, wherever it was built), else the one of the
+/// checkout this binary was built from.
+///
+/// # Errors
+/// When none of these holds `anvil/install.sh`.
+pub fn anvil_dir() -> Result<PathBuf, DevChainError> {
+    let is_anvil_dir = |d: &std::path::Path| d.join("install.sh").is_file();
+    if let Some(home) = std::env::var_os("X402D_HOME") {
+        let dir = PathBuf::from(home).join("anvil");
+        return if is_anvil_dir(&dir) {
+            Ok(dir)
+        } else {
+            Err(DevChainError::Anvil(format!(
+                "X402D_HOME: {} has no install.sh (X402D_HOME must be the x402d repository)",
+                dir.display()
+            )))
+        };
+    }
+    let from_cwd = std::env::current_dir().ok().and_then(|cwd| {
+        cwd.ancestors()
+            .map(|d| d.join("anvil"))
+            .find(|d| is_anvil_dir(d))
+    });
+    let built_from = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("anvil");
+    from_cwd
+        .or_else(|| is_anvil_dir(&built_from).then_some(built_from))
         .ok_or_else(|| {
-            DevChainError::Anvil("anvil not found: run anvil/install.sh or set ANVIL_BIN".into())
+            DevChainError::Anvil(
+                "cannot find the x402d repository's anvil/install.sh: run from the repository, \
+                 set X402D_HOME to it, or set ANVIL_BIN"
+                    .into(),
+            )
         })
+}
+
+/// Runs `anvil/install.sh` (its progress and npm's go to stderr; its stdout is the binary's path).
+fn install_anvil(dir: &std::path::Path) -> Result<PathBuf, DevChainError> {
+    let npm_on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("npm").is_file()));
+    if !npm_on_path {
+        return Err(DevChainError::Anvil(
+            "npm is required to install anvil: apt-get install npm, or set ANVIL_BIN".into(),
+        ));
+    }
+    let script = dir.join("install.sh");
+    eprintln!(
+        "x402d: anvil is not installed yet; installing the pinned anvil with {}",
+        script.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| DevChainError::Anvil(format!("cannot run {}: {e}", script.display())))?;
+    if !out.status.success() {
+        return Err(DevChainError::Anvil(format!(
+            "{} failed ({}, see above); or set ANVIL_BIN",
+            script.display(),
+            out.status
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bin = stdout
+        .lines()
+        .last()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            DevChainError::Anvil(format!(
+                "{} printed no anvil path: {stdout:?}",
+                script.display()
+            ))
+        })?;
+    Ok(bin)
 }
 
 /// Creation bytecode of an artifact.

@@ -587,8 +587,8 @@ async fn siwe_owners_see_only_their_numbers_and_send_within_quota_then_pay() {
         "{answer}"
     );
     let (message, _) = siwe_message(&h, &owner).await;
-    let host = h.url().trim_start_matches("http://").to_owned();
-    let forged = message.replacen(&host, "evil.example", 1);
+    let forged = message.replacen("dial.test", "evil.example", 1);
+    assert_ne!(forged, message);
     let signature = owner
         .sign_message_sync(forged.as_bytes())
         .unwrap()
@@ -932,7 +932,7 @@ async fn dial_works_with_a_remote_facilitator_and_502s_without_one() {
     let config = |facilitator: &str| {
         x402d::config::Config::from_toml(
             &format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n[ledger]\nurl = \"sqlite://{}/merchant-{}.db\"\n[dial]\npay_to = \"{}\"\nfacilitator_url = \"{facilitator}\"\n",
+                "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n[ledger]\nurl = \"sqlite://{}/merchant-{}.db\"\n[dial]\npay_to = \"{}\"\npublic_url = \"https://merchant.test\"\nfacilitator_url = \"{facilitator}\"\n",
                 h.chain.rpc_url(),
                 dir.path().display(),
                 facilitator.len(),
@@ -975,4 +975,93 @@ async fn dial_works_with_a_remote_facilitator_and_502s_without_one() {
         h.usdc_balance(payer.address()).await,
         U256::from(1_000_000 - SMS_PRICE)
     );
+}
+
+/// No SIWE input reaches a panic (issue 12: a non-ASCII character inside `Issued At` dropped the
+/// connection): that message, cuts of a real message at every third character, odd Unicode spliced
+/// in, bodies that are not UTF-8 and the fuzz corpus (`fuzz/corpus/siwe_parse`) all get a 4xx.
+/// The message's domain and URI are `dial.public_url`'s, whatever the request's `Host` says.
+#[tokio::test]
+async fn siwe_odd_inputs_get_4xx_never_a_dropped_connection() {
+    let h = dial_harness("rate_limit_per_minute = 100000").await;
+    let owner = PrivateKeySigner::random();
+    let r: Value = h
+        .http
+        .get(format!(
+            "{}/api/v1/auth/siwe?address={}&chainId={CHAIN_ID}",
+            h.url(),
+            owner.address()
+        ))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let message = r["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.starts_with("dial.test wants you to sign in"),
+        "{message}"
+    );
+    assert!(message.contains("\nURI: https://dial.test\n"), "{message}");
+    let signature = owner
+        .sign_message_sync(message.as_bytes())
+        .unwrap()
+        .to_string();
+
+    let issued = message
+        .lines()
+        .find(|l| l.starts_with("Issued At: "))
+        .unwrap()
+        .to_owned();
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let mut texts: Vec<String> = [
+        "2026-11-18T12:06:40+0\u{e9}00",
+        "2026-11-18T12:06:4\u{e9}",
+        "2026-11-18T12:06:40.\u{301}Z",
+        "\u{feff}2026-11-18T12:06:40Z",
+        "\u{1f600}",
+        "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+    ]
+    .iter()
+    .map(|odd| message.replace(&issued, &format!("Issued At: {odd}")))
+    .collect();
+    let boundaries: Vec<usize> = message.char_indices().map(|(i, _)| i).collect();
+    for at in boundaries.iter().step_by(3) {
+        texts.push(message[..*at].to_owned());
+    }
+    for at in boundaries.iter().step_by(11) {
+        let mut spliced = message.clone();
+        spliced.insert_str(*at, "\u{e9}\u{200d}\u{1f600}");
+        texts.push(spliced);
+    }
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/siwe_parse");
+    for entry in std::fs::read_dir(&corpus).unwrap() {
+        texts.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    for text in &texts {
+        bodies.push(
+            json!({"message": text, "signature": signature})
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    bodies.push(br#"{"message":"\ud800","signature":"0x00"}"#.to_vec());
+    bodies.push(b"{\"message\":\"\xc3\",\"signature\":\"0x00\"}".to_vec());
+    bodies.push(vec![0xff, 0xfe, 0x00]);
+    assert!(bodies.len() > 100, "{}", bodies.len());
+    for body in bodies {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let r = h
+            .http
+            .post(format!("{}/api/v1/auth/siwe", h.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("no answer (a dropped connection?) for {shown}: {e}"));
+        let status = r.status().as_u16();
+        assert!((400..500).contains(&status), "{status} for {shown}");
+    }
 }

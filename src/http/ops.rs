@@ -108,19 +108,62 @@ pub async fn status(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The operator page (`templates/operator.html`; askama escapes every value for HTML). The
+/// served networks are rendered here so the page says something without JavaScript; its script
+/// then polls `/status` and fills everything.
+#[derive(askama::Template)]
+#[template(path = "operator.html")]
+struct OperatorPage {
+    version: &'static str,
+    networks: Vec<NetworkRow>,
+}
+
+struct NetworkRow {
+    network: String,
+    v1_name: String,
+    tokens: String,
+}
+
+fn operator_html(networks: &[crate::chain::Network]) -> Result<String, askama::Error> {
+    use askama::Template;
+    OperatorPage {
+        version: env!("CARGO_PKG_VERSION"),
+        networks: networks
+            .iter()
+            .map(|n| NetworkRow {
+                network: n.chain_id.caip2(),
+                v1_name: n.v1_name.clone().unwrap_or_default(),
+                tokens: n
+                    .tokens
+                    .iter()
+                    .map(|t| t.symbol.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+            .collect(),
+    }
+    .render()
+}
+
 /// `GET /`: the operator page (self-contained; polls `/status`).
-pub async fn operator_page() -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        include_str!("operator.html"),
-    )
-        .into_response()
+pub async fn operator_page(State(state): State<AppState>) -> Response {
+    match operator_html(state.facilitator.chains().networks()) {
+        Ok(page) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                ),
+                (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            ],
+            page,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "operator page did not render");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,5 +180,30 @@ mod tests {
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(well_formed_request_id(id.as_bytes()));
+    }
+
+    #[test]
+    fn the_operator_page_escapes_every_value() {
+        use askama::Template;
+        const HOSTILE: &str = "<script>'\"&";
+        let page = OperatorPage {
+            version: "0.0.0",
+            networks: vec![NetworkRow {
+                network: HOSTILE.into(),
+                v1_name: HOSTILE.into(),
+                tokens: HOSTILE.into(),
+            }],
+        }
+        .render()
+        .unwrap();
+        assert!(!page.contains(HOSTILE), "{page}");
+        assert_eq!(
+            page.matches("&#60;script&#62;&#39;&#34;&#38;").count(),
+            3,
+            "{page}"
+        );
+        // The page's own script is there, untouched by the template.
+        assert!(page.contains("setInterval(refresh, 2000);"));
+        assert!(page.contains("`M${L},${T} V${H - B} H${W}`"));
     }
 }

@@ -577,7 +577,6 @@ pub struct SiweQuery {
 /// `GET /api/v1/auth/siwe?address=&chainId=`: a single-use nonce and the message to sign.
 pub async fn siwe_nonce(
     State(dial): State<Arc<Dial>>,
-    headers: HeaderMap,
     Query(q): Query<SiweQuery>,
 ) -> Result<Response, DialError> {
     let address = q
@@ -595,13 +594,13 @@ pub async fn siwe_nonce(
         .take(17)
         .map(char::from)
         .collect();
-    let origin = dial.paywall.origin(&headers);
+    let public_url = &dial.paywall.public_url;
     let now = now_secs();
     let message = SiweMessage {
-        domain: authority(&origin),
+        domain: public_url.authority().to_owned(),
         address,
         statement: Some(STATEMENT.into()),
-        uri: origin.clone(),
+        uri: public_url.base().to_owned(),
         version: "1".into(),
         chain_id,
         nonce: nonce.clone(),
@@ -623,15 +622,6 @@ pub async fn siwe_nonce(
     .into_response())
 }
 
-fn authority(origin: &str) -> String {
-    origin
-        .split_once("://")
-        .map(|(_, rest)| rest)
-        .unwrap_or(origin)
-        .trim_end_matches('/')
-        .to_owned()
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SiweLogin {
@@ -640,11 +630,7 @@ struct SiweLogin {
 }
 
 /// `POST /api/v1/auth/siwe`: a signed message we issued → a bearer token.
-pub async fn siwe_login(
-    State(dial): State<Arc<Dial>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, DialError> {
+pub async fn siwe_login(State(dial): State<Arc<Dial>>, body: Bytes) -> Result<Response, DialError> {
     let login: SiweLogin = parse_json(&body)?;
     let refused = |m: &str| DialError::new(StatusCode::UNAUTHORIZED, "invalid_siwe", m);
     let message = match SiweMessage::parse(&login.message) {
@@ -655,14 +641,16 @@ pub async fn siwe_login(
         Ok(s) if !s.is_empty() => EvmBytes::from(s),
         _ => return Err(bad_request("signature must be 0x-prefixed hex")),
     };
-    let origin = dial.paywall.origin(&headers);
-    if message.domain != authority(&origin) {
+    // The domain and URI are checked against dial.public_url only: a request's Host is the
+    // client's to choose.
+    let public_url = &dial.paywall.public_url;
+    if message.domain != public_url.authority() {
         return Err(refused(&format!(
             "the message is for {:?}, not this service",
             message.domain
         )));
     }
-    if message.uri.trim_end_matches('/') != origin {
+    if message.uri.trim_end_matches('/') != public_url.base() {
         return Err(refused("the message URI is not this service"));
     }
     let now = now_secs();

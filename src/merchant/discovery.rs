@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -23,12 +23,12 @@ fn price_of(dial: &Dial, route: &PaidRoute) -> Price {
 }
 
 /// `GET /api/v1/discovery`: every route, with prices and offers for the paid ones.
-pub async fn dial_discovery(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Response {
+pub async fn dial_discovery(State(dial): State<Arc<Dial>>) -> Response {
     let paid: Vec<Value> = PAID_ROUTES
         .iter()
         .map(|r| {
             let price = price_of(&dial, r);
-            json!({"method": "POST", "path": r.path, "url": dial.paywall.resource_url(&headers, r.path),
+            json!({"method": "POST", "path": r.path, "url": dial.paywall.resource_url(r.path),
                    "price": format!("${}", price.dollars), "description": r.summary,
                    "paid": if r.always_paid { "always" } else { "past the monthly quota" },
                    "input": (r.input)(), "output": (r.output)(), "accepts": dial.paywall.offers(&price)})
@@ -51,11 +51,7 @@ pub struct BazaarQuery {
 }
 
 /// `GET /discovery/resources?type&limit&offset`: the Bazaar catalogue shape.
-pub async fn bazaar(
-    State(dial): State<Arc<Dial>>,
-    headers: HeaderMap,
-    Query(q): Query<BazaarQuery>,
-) -> Response {
+pub async fn bazaar(State(dial): State<Arc<Dial>>, Query(q): Query<BazaarQuery>) -> Response {
     if q.kind.as_deref().is_some_and(|k| k != "http") {
         return dial_error(
             StatusCode::BAD_REQUEST,
@@ -71,7 +67,7 @@ pub async fn bazaar(
         .take(limit)
         .map(|r| {
             let price = price_of(&dial, r);
-            json!({"resource": dial.paywall.resource_url(&headers, r.path), "type": "http", "x402Version": 2,
+            json!({"resource": dial.paywall.resource_url(r.path), "type": "http", "x402Version": 2,
                    "accepts": dial.paywall.offers(&price), "lastUpdated": super::siwe::format_rfc3339(crate::db::now_ms() / 1000),
                    "metadata": {"method": "POST", "description": r.summary, "input": (r.input)(), "output": (r.output)()}})
         })
@@ -82,21 +78,21 @@ pub async fn bazaar(
 }
 
 /// `GET /.well-known/x402`.
-pub async fn well_known(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Response {
+pub async fn well_known(State(dial): State<Arc<Dial>>) -> Response {
     let resources: Vec<String> = PAID_ROUTES
         .iter()
-        .map(|r| dial.paywall.resource_url(&headers, r.path))
+        .map(|r| dial.paywall.resource_url(r.path))
         .collect();
     Json(
         json!({"version": 1, "x402Version": 2, "resources": resources,
-                "discovery": dial.paywall.resource_url(&headers, "/discovery/resources"),
-                "openapi": dial.paywall.resource_url(&headers, "/openapi.json")}),
+                "discovery": dial.paywall.resource_url("/discovery/resources"),
+                "openapi": dial.paywall.resource_url("/openapi.json")}),
     )
     .into_response()
 }
 
 /// `GET /openapi.json`: OpenAPI 3.1 of every Dial route.
-pub async fn openapi(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Response {
+pub async fn openapi(State(dial): State<Arc<Dial>>) -> Response {
     let error = json!({"type": "object", "required": ["success", "error", "message"],
         "properties": {"success": {"const": false}, "error": {"type": "string"}, "message": {"type": "string"}}});
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
@@ -133,7 +129,7 @@ pub async fn openapi(State(dial): State<Arc<Dial>>, headers: HeaderMap) -> Respo
         "openapi": "3.1.0",
         "info": {"title": "Dial", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Paid SMS and phone numbers over x402. Paid routes answer 402 with PAYMENT-REQUIRED; pay with PAYMENT-SIGNATURE (v2) or X-PAYMENT (v1)."},
-        "servers": [{"url": dial.paywall.origin(&headers)}],
+        "servers": [{"url": dial.paywall.public_url.base()}],
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "from POST /api/v1/auth/siwe"}}},
         "paths": paths,
     }))

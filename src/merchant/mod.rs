@@ -28,7 +28,7 @@ use crate::chain::Chains;
 use crate::config::{Config, DialConfig, DialProvider};
 use crate::facilitator::Facilitator;
 use link::{FacilitatorLink, InProcess, OverHttp};
-use paywall::{OfferAsset, Paywall, PaywallState, dial_error};
+use paywall::{OfferAsset, Paywall, PaywallState, PublicUrl, dial_error};
 use providers::{EsimProvider, NumberProvider, Sandbox, SmsProvider, Twilio, VerificationProvider};
 use ratelimit::{RateLimiter, Verdict};
 use store::Store;
@@ -46,6 +46,8 @@ pub enum DialStartError {
     Chains(#[from] crate::chain::RpcError),
     #[error("dial needs a facilitator: set dial.facilitator_url or run it inside x402d serve")]
     NoFacilitator,
+    #[error("dial.public_url: {0}")]
+    PublicUrl(String),
 }
 
 /// The running module.
@@ -75,6 +77,10 @@ impl Dial {
             (None, Some(f)) => Arc::new(InProcess(f)),
             (None, None) => return Err(DialStartError::NoFacilitator),
         };
+        let public_url = PublicUrl::parse(dial.public_url.as_deref().ok_or_else(|| {
+            DialStartError::PublicUrl("is required (the public base URL of Dial)".into())
+        })?)
+        .map_err(DialStartError::PublicUrl)?;
         let chains = Chains::from_config(config)?;
         let assets = chains
             .networks()
@@ -113,7 +119,7 @@ impl Dial {
             assets,
             pay_to: dial.pay_to,
             max_timeout_seconds: dial.max_timeout_seconds,
-            public_url: dial.public_url.clone(),
+            public_url,
             body_limit: config.server.body_limit_bytes,
         });
         Ok(Arc::new(Dial {

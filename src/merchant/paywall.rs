@@ -85,8 +85,47 @@ pub struct Paywall {
     pub assets: Vec<OfferAsset>,
     pub pay_to: Address,
     pub max_timeout_seconds: u64,
-    pub public_url: Option<String>,
+    pub public_url: PublicUrl,
     pub body_limit: usize,
+}
+
+/// Dial's public base URL (`dial.public_url`). Resource URLs and the SIWE domain and URI come from
+/// it and never from a request's `Host`, which any client (or a site relaying a victim's sign-in)
+/// chooses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    base: String,
+    authority: String,
+}
+
+impl PublicUrl {
+    /// # Errors
+    /// When `url` is not an absolute http(s) URL with a host.
+    pub fn parse(url: &str) -> Result<PublicUrl, String> {
+        let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?}: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("{url:?} is not an http(s) URL"));
+        }
+        let host = u.host_str().ok_or_else(|| format!("{url:?} has no host"))?;
+        let authority = match u.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        Ok(PublicUrl {
+            base: u.as_str().trim_end_matches('/').to_owned(),
+            authority,
+        })
+    }
+
+    /// The base URL without a trailing `/` (`https://dial.example`): the SIWE `URI`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `host[:port]` (`dial.example`): the SIWE `domain` (EIP-4361: an RFC 3986 authority).
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
 }
 
 /// State of the paywall layer.
@@ -208,28 +247,14 @@ impl Paywall {
             .collect()
     }
 
-    /// The absolute URL of a path, from the configured public URL or the request's `Host`.
-    pub fn resource_url(&self, headers: &HeaderMap, path: &str) -> String {
-        format!("{}{path}", self.origin(headers))
-    }
-
-    pub fn origin(&self, headers: &HeaderMap) -> String {
-        match &self.public_url {
-            Some(u) => u.trim_end_matches('/').to_owned(),
-            None => {
-                let host = headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or("localhost");
-                format!("http://{host}")
-            }
-        }
+    /// The absolute URL of a path, under `dial.public_url`.
+    pub fn resource_url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url.base())
     }
 
     /// The v2 `PaymentRequired` of a route.
     pub fn payment_required(
         &self,
-        headers: &HeaderMap,
         path: &str,
         price: &Price,
         error: Option<String>,
@@ -238,7 +263,7 @@ impl Paywall {
             x402_version: X402Version::V2,
             error,
             resource: ResourceInfo {
-                url: self.resource_url(headers, path),
+                url: self.resource_url(path),
                 description: Some(price.description.clone()),
                 mime_type: Some("application/json".into()),
             },
@@ -257,10 +282,16 @@ impl Paywall {
         error: Option<String>,
         settled: Option<(X402Version, &SettleResponse)>,
     ) -> Response {
-        let required = self.payment_required(&parts.headers, path, price, error);
+        let required = self.payment_required(path, price, error);
         let encoded = encode_header(&required);
-        let mut response = if is_browser(&parts.headers) {
-            (StatusCode::PAYMENT_REQUIRED, Html(paywall_page(&required))).into_response()
+        let page = is_browser(&parts.headers)
+            .then(|| paywall_page(&required))
+            .and_then(|page| {
+                page.map_err(|e| tracing::warn!(error = %e, "paywall page did not render"))
+                    .ok()
+            });
+        let mut response = if let Some(page) = page {
+            (StatusCode::PAYMENT_REQUIRED, Html(page)).into_response()
         } else {
             (StatusCode::PAYMENT_REQUIRED, axum::Json(&required)).into_response()
         };
@@ -665,7 +696,7 @@ impl Paywall {
                     scheme: "exact".into(),
                     network: p.network.clone(),
                     max_amount_required: amount,
-                    resource: self.resource_url(&parts.headers, path),
+                    resource: self.resource_url(path),
                     description: price.description.clone(),
                     mime_type: "application/json".into(),
                     output_schema: None,
@@ -751,42 +782,86 @@ fn is_browser(headers: &HeaderMap) -> bool {
     get(header::ACCEPT).contains("text/html") && get(header::USER_AGENT).contains("Mozilla")
 }
 
-fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The page a browser gets instead of a bare 402 (`templates/paywall.html`; askama escapes every
+/// value for HTML).
+#[derive(askama::Template)]
+#[template(path = "paywall.html")]
+struct PaywallPage<'a> {
+    description: &'a str,
+    url: &'a str,
+    offers: Vec<OfferRow<'a>>,
 }
 
-/// The page a browser gets instead of a bare 402.
-fn paywall_page(required: &PaymentRequiredV2) -> String {
-    let rows: String = required
-        .accepts
-        .iter()
-        .map(|o| {
-            format!(
-                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td><code>{}</code></td></tr>",
-                escape_html(&o.network),
-                o.amount,
-                escape_html(
-                    o.extra
-                        .as_ref()
-                        .and_then(|e| e.name.as_deref())
-                        .unwrap_or("")
-                ),
-                o.asset
-            )
-        })
-        .collect();
-    let url = escape_html(&required.resource.url);
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Payment required</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:3rem auto;padding:0 1rem;color:#222}}\
-         table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}code{{font-size:.85em}}</style></head>\
-         <body><h1>Payment required</h1><p>{desc}</p><p><code>{url}</code> is paid per request with \
-         <a href=\"https://x402.org\">x402</a>: sign a USDC authorization and retry with it in the <code>PAYMENT-SIGNATURE</code> header.</p>\
-         <table><tr><th>network</th><th>amount (atomic)</th><th>token</th><th>asset</th></tr>{rows}</table>\
-         <p>From a terminal: <code>x402d pay -X POST -d '{{…}}' {url}</code></p></body></html>",
-        desc = escape_html(required.resource.description.as_deref().unwrap_or("")),
-    )
+struct OfferRow<'a> {
+    network: &'a str,
+    amount: String,
+    token: &'a str,
+    asset: String,
+}
+
+fn paywall_page(required: &PaymentRequiredV2) -> Result<String, askama::Error> {
+    use askama::Template;
+    PaywallPage {
+        description: required.resource.description.as_deref().unwrap_or(""),
+        url: &required.resource.url,
+        offers: required
+            .accepts
+            .iter()
+            .map(|o| OfferRow {
+                network: &o.network,
+                amount: o.amount.to_string(),
+                token: o
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.name.as_deref())
+                    .unwrap_or(""),
+                asset: o.asset.to_string(),
+            })
+            .collect(),
+    }
+    .render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTILE: &str = "<script>'\"&";
+
+    #[test]
+    fn the_paywall_page_escapes_every_value() {
+        let required = PaymentRequiredV2 {
+            x402_version: X402Version::V2,
+            error: None,
+            resource: ResourceInfo {
+                url: format!("https://dial.example/{HOSTILE}"),
+                description: Some(HOSTILE.into()),
+                mime_type: None,
+            },
+            accepts: vec![RequirementsV2 {
+                scheme: "exact".into(),
+                network: HOSTILE.into(),
+                amount: dollars_to_atomic("0.05", 6).unwrap(),
+                asset: Address::repeat_byte(0x0c),
+                pay_to: Address::repeat_byte(0x01),
+                max_timeout_seconds: 60,
+                extra: Some(ExactExtra {
+                    name: Some(HOSTILE.into()),
+                    version: Some("2".into()),
+                    asset_transfer_method: None,
+                }),
+            }],
+            extensions: None,
+        };
+        let page = paywall_page(&required).unwrap();
+        assert!(!page.contains(HOSTILE), "{page}");
+        assert!(!page.contains("<script"), "{page}");
+        assert!(page.contains("&#60;script&#62;&#39;&#34;&#38;"), "{page}");
+        // network, token, description and the URL twice.
+        assert_eq!(
+            page.matches("&#60;script&#62;&#39;&#34;&#38;").count(),
+            5,
+            "{page}"
+        );
+    }
 }

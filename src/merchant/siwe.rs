@@ -1,7 +1,9 @@
 //! Sign-In with Ethereum (EIP-4361): the message we hand out, and the strict parse and checks of the
 //! one that comes back signed.
 
-use alloy::primitives::{Address, B256, keccak256};
+use alloy::primitives::{Address, B256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// A parsed EIP-4361 message (the fields Dial issues and checks).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +52,15 @@ impl SiweMessage {
     }
 
     /// Parses a message in the EIP-4361 layout; anything unexpected is an error naming the line.
+    ///
+    /// Never panics, whatever the input (a proptest here and the `siwe_parse` fuzz target in
+    /// `fuzz/` hold it to that): lines are taken from one cursor and only matched with
+    /// `strip_prefix`/`strip_suffix`, never indexed; times are parsed by the `time` crate.
+    ///
+    /// # Errors
+    /// A sentence naming the first line that is not as EIP-4361 lays it out.
     pub fn parse(text: &str) -> Result<SiweMessage, String> {
-        let mut lines = text.split('\n');
+        let mut lines = text.split('\n').peekable();
         let first = lines.next().unwrap_or_default();
         let domain = first
             .strip_suffix(" wants you to sign in with your Ethereum account:")
@@ -67,22 +76,16 @@ impl SiweMessage {
         if lines.next() != Some("") {
             return Err("an empty line must follow the address".into());
         }
-        let mut rest: Vec<&str> = lines.collect();
         let mut statement = None;
-        if rest.first().is_some_and(|l| !l.starts_with("URI: ")) {
-            statement = Some(rest.remove(0).to_owned());
-            if rest.first() != Some(&"") {
+        if let Some(line) = lines.next_if(|l| !l.starts_with("URI: ")) {
+            statement = Some(line.to_owned());
+            if lines.next() != Some("") {
                 return Err("an empty line must follow the statement".into());
             }
-            rest.remove(0);
         }
         let mut field = |name: &str, required: bool| -> Result<Option<String>, String> {
-            match rest.first().and_then(|l| l.strip_prefix(name)) {
-                Some(v) => {
-                    let v = v.to_owned();
-                    rest.remove(0);
-                    Ok(Some(v))
-                }
+            match lines.next_if(|l| l.starts_with(name)) {
+                Some(line) => Ok(line.strip_prefix(name).map(str::to_owned)),
                 None if required => Err(format!("missing {name:?}")),
                 None => Ok(None),
             }
@@ -103,14 +106,11 @@ impl SiweMessage {
             .transpose()?;
         // Request ID and Resources are allowed but carry nothing Dial relies on.
         let _ = field("Request ID: ", false)?;
-        if rest.first() == Some(&"Resources:") {
-            rest.remove(0);
-            while rest.first().is_some_and(|l| l.starts_with("- ")) {
-                rest.remove(0);
-            }
+        if lines.next_if_eq(&"Resources:").is_some() {
+            while lines.next_if(|l| l.starts_with("- ")).is_some() {}
         }
-        if !rest.is_empty() {
-            return Err(format!("unexpected line {:?}", rest[0]));
+        if let Some(line) = lines.next() {
+            return Err(format!("unexpected line {line:?}"));
         }
         if version != "1" {
             return Err("Version must be 1".into());
@@ -135,100 +135,47 @@ impl SiweMessage {
 
 /// The EIP-191 `personal_sign` digest of a message.
 pub fn eip191_digest(message: &str) -> B256 {
-    let mut data = format!("\x19Ethereum Signed Message:\n{}", message.len()).into_bytes();
-    data.extend_from_slice(message.as_bytes());
-    keccak256(data)
+    alloy::primitives::eip191_hash_message(message)
 }
 
-/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
+/// Formats Unix seconds as RFC 3339 in UTC (`2026-11-18T11:06:40Z`). A time outside the years
+/// 0000–9999 (never issued by Dial, never accepted by [`parse_rfc3339`]) falls back to its number
+/// of seconds.
 pub fn format_rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    utc_rfc3339(unix).unwrap_or_else(|| unix.to_string())
 }
 
-/// Parses RFC 3339 (`2026-11-22T07:20:36Z`, optional fraction, `Z` or `±HH:MM`) into Unix seconds.
+fn utc_rfc3339(unix: i64) -> Option<String> {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+}
+
+/// Parses an RFC 3339 date-time (`2026-11-22T07:20:36Z`, optional fraction, `Z` or `±HH:MM`)
+/// into Unix seconds (the fraction is dropped).
+///
+/// # Errors
+/// When `s` is not RFC 3339, or is a time whose UTC year is outside 0000–9999 (it could not be
+/// written back).
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let bad = || format!("{s:?} is not an RFC 3339 time");
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
+    // The `time` crate also takes a space between date and time (RFC 3339 allows it as a note);
+    // EIP-4361 messages use `T`.
+    if !s
+        .as_bytes()
+        .get(10)
+        .is_some_and(|b| matches!(b, b'T' | b't'))
     {
-        return Err(bad());
+        return Err(format!(
+            "{s:?} is not an RFC 3339 time (no T after the date)"
+        ));
     }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        s.get(r)
-            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(bad)
-    };
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return Err(bad());
+    let unix = OffsetDateTime::parse(s, &Rfc3339)
+        .map(OffsetDateTime::unix_timestamp)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
+    match utc_rfc3339(unix) {
+        Some(_) => Ok(unix),
+        None => Err(format!("{s:?} is outside the years 0000-9999 in UTC")),
     }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let oh: i64 = rest[1..3].parse().map_err(|_| bad())?;
-            let om: i64 = rest[4..6].parse().map_err(|_| bad())?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return Err(bad()),
-    };
-    Ok(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
-}
-
-// Howard Hinnant's civil calendar algorithms (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -293,8 +240,41 @@ mod tests {
             "2026-11-18 08:26:40Z",
             "2026-11-18T08:26:40",
             "yesterday",
+            "2026-11-18T12:06:40+0\u{e9}00",
+            "2026-11-18T12:06:4\u{e9}",
+            "\u{e9}\u{e9}\u{e9}\u{e9}-11-18T12:06:40Z",
+            "2026-11-18T12:06:40.\u{1f600}Z",
+            "",
+            "0000-01-01T00:00:00+01:00",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn eip191_digest_is_personal_sign() {
+        let m = "hello";
+        let mut data = format!("\x19Ethereum Signed Message:\n{}", m.len()).into_bytes();
+        data.extend_from_slice(m.as_bytes());
+        assert_eq!(eip191_digest(m), alloy::primitives::keccak256(data));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics_on_any_text(text in "\\PC*") {
+            let _ = SiweMessage::parse(&text);
+            let _ = parse_rfc3339(&text);
+        }
+
+        #[test]
+        fn parse_never_panics_on_a_cut_or_spliced_message(at in 0usize..1000, splice in "\\PC{0,3}") {
+            let text = sample().to_text();
+            let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+            let at = boundaries[at % boundaries.len()];
+            let _ = SiweMessage::parse(&text[..at]);
+            let mut spliced = text.clone();
+            spliced.insert_str(at, &splice);
+            let _ = SiweMessage::parse(&spliced);
         }
     }
 }

@@ -92,10 +92,10 @@ pub fn dollars_to_atomic(price: &str, decimals: u8) -> Result<AtomicAmount, Stri
 pub fn atomic_to_dollars(amount: AtomicAmount, decimals: u8) -> String {
     let s = amount.0.to_string();
     let d = usize::from(decimals);
-    let (whole, frac) = if s.len() > d {
-        (s[..s.len() - d].to_owned(), s[s.len() - d..].to_owned())
-    } else {
-        ("0".to_owned(), format!("{s:0>d$}"))
+    // `s` is ASCII digits, but split without byte indexing all the same.
+    let (whole, frac) = match s.split_at_checked(s.len().saturating_sub(d)) {
+        Some((whole, frac)) if !whole.is_empty() => (whole.to_owned(), frac.to_owned()),
+        _ => ("0".to_owned(), format!("{s:0>d$}")),
     };
     let frac = frac.trim_end_matches('0');
     if frac.is_empty() {

@@ -65,6 +65,10 @@ pub async fn fresh_database(backend: Backend) -> Option<(String, Option<tempfile
     }
 }
 
+/// `dial.public_url` of every harness with Dial: not the address it listens on, so a test can see
+/// that no answer is built from the request's `Host`.
+pub const DIAL_PUBLIC_URL: &str = "https://dial.test";
+
 /// Options of a harness.
 pub struct HarnessOptions {
     pub backend: Backend,
@@ -167,7 +171,9 @@ impl Harness {
             .join(", ");
         let pay_to = Address::random();
         let dial = match &opts.dial {
-            Some(extra) => format!("[dial]\npay_to = \"{pay_to}\"\n{extra}\n"),
+            Some(extra) => format!(
+                "[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{DIAL_PUBLIC_URL}\"\n{extra}\n"
+            ),
             None => String::new(),
         };
         let text = format!(
