@@ -592,9 +592,11 @@ async fn a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503(backe
 
 on_both_backends!(a_spent_daily_gas_budget_holds_payments_visibly);
 async fn a_spent_daily_gas_budget_holds_payments_visibly(backend: Backend) {
+    // The harness starts no server of its own: this test runs the only one, with a budget.
     let Some(h) = Harness::start_with(HarnessOptions {
         backend,
         settlement: "settle_timeout_seconds = 2".into(),
+        in_process: false,
         ..Default::default()
     })
     .await
@@ -602,9 +604,11 @@ async fn a_spent_daily_gas_budget_holds_payments_visibly(backend: Backend) {
         return;
     };
     // One wei of budget: the first transaction spends it, nothing more may be sent.
+    let rpc_line = format!("rpc_urls = [\"{}\"]", h.chain.rpc_url());
     let text = h
         .config_text
-        .replace("[exact]", "daily_gas_budget_wei = 1\n[exact]");
+        .replace(&rpc_line, &format!("{rpc_line}\ndaily_gas_budget_wei = 1"));
+    assert_ne!(text, h.config_text);
     let config = x402d::config::Config::from_toml(&text, &h.config_env()).unwrap();
     let server = x402d::server::RunningServer::start(&config).await.unwrap();
     let url = server.url();

@@ -41,7 +41,13 @@ struct Slot {
     since: Instant,
     replaced_at: Instant,
     broadcast_at: Instant,
+    /// When the chain's nonce was first seen past this slot's without a receipt of ours.
+    gone_since: Option<Instant>,
 }
+
+/// A node may count a mined transaction in the account's nonce a moment before it serves the
+/// receipt; a slot whose nonce is used and whose receipt is missing for this long was displaced.
+const GONE_GRACE: Duration = Duration::from_secs(2);
 
 /// What a node said to a broadcast.
 #[derive(Debug)]
@@ -176,6 +182,7 @@ impl Lane {
                     since: Instant::now(),
                     replaced_at: Instant::now(),
                     broadcast_at: Instant::now(),
+                    gone_since: None,
                 }),
             }
         }
@@ -283,6 +290,7 @@ impl Lane {
             since: Instant::now(),
             replaced_at: Instant::now(),
             broadcast_at: Instant::now(),
+            gone_since: None,
         });
         self.slots.sort_by_key(|s| s.nonce);
         self.publish();
@@ -483,6 +491,13 @@ impl Lane {
         for i in done.into_iter().rev() {
             self.finish(i);
         }
+        if self
+            .slots
+            .iter()
+            .any(|s| s.gone_since.is_some_and(|t| t.elapsed() >= GONE_GRACE))
+        {
+            return self.heal("a used nonce's receipt is still missing").await;
+        }
         let late = self
             .slots
             .iter()
@@ -491,7 +506,12 @@ impl Lane {
             return Ok(());
         }
         let latest = self.chain_nonce("latest").await?;
-        let lowest = self.slots.first().map(|s| s.nonce);
+        let lowest = self
+            .slots
+            .iter()
+            .filter(|s| s.gone_since.is_none())
+            .map(|s| s.nonce)
+            .min();
         if lowest.is_some_and(|n| n != latest) {
             // Below: its nonce went to a transaction whose receipt we do not hold. Above: a gap
             // (a dropped transaction of ours, or a reorg moved the chain's nonce back).
@@ -630,15 +650,28 @@ impl Lane {
             }
             if settled {
                 self.finish(i);
-            } else {
-                tracing::warn!(wallet = %wallet, nonce = self.slots[i].nonce,
-                    "nonce used by a transaction we did not send; its payments go back to the queue");
-                self.abandon(i, "its nonce was used by another transaction")
-                    .await?;
+                continue;
+            }
+            match self.slots[i].gone_since {
+                Some(t) if t.elapsed() >= GONE_GRACE => {
+                    tracing::warn!(wallet = %wallet, nonce = self.slots[i].nonce,
+                        "nonce used by a transaction we did not send; its payments go back to the queue");
+                    self.abandon(i, "its nonce was used by another transaction")
+                        .await?;
+                }
+                Some(_) => i += 1,
+                None => {
+                    self.slots[i].gone_since = Some(Instant::now());
+                    i += 1;
+                }
             }
         }
+        // Slots still waiting out the grace keep their (used) nonces; the rest follow the chain.
         let mut next = latest;
         for i in 0..self.slots.len() {
+            if self.slots[i].nonce < latest {
+                continue;
+            }
             if self.slots[i].nonce != next {
                 self.resign(i, next).await?;
             } else if let Some(a) = self.slots[i].attempts.last().cloned() {
