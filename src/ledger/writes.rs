@@ -434,9 +434,13 @@ async fn insert_tx(
     t: &NewTransaction,
     now: i64,
 ) -> Result<i64, LedgerError> {
+    // The same hash is the same transaction (same key, nonce, fees and calls): a batch signed again
+    // exactly as an attempt that was dropped or superseded revives that row instead of colliding.
     Ok(sqlx::query(
         "INSERT INTO transactions (batch_id, chain_id, wallet, nonce, raw_tx, tx_hash, gas_limit, max_fee_per_gas, \
-         max_priority_fee_per_gas, status, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'signed',$10,$10) RETURNING id",
+         max_priority_fee_per_gas, status, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'signed',$10,$10) \
+         ON CONFLICT (tx_hash) DO UPDATE SET batch_id = excluded.batch_id, raw_tx = excluded.raw_tx, status = 'signed', \
+         updated_at = excluded.updated_at WHERE transactions.status IN ('dropped','replaced') RETURNING id",
     )
     .bind(batch_id)
     .bind(i64_of(t.chain_id))
