@@ -178,7 +178,7 @@ async fn chain_only_outlives_a_killed_serve_and_lists_every_gas_wallet() {
     let env_path = dir.path().join("env.json");
     let config_path = dir.path().join("x402d.toml");
     let port = free_port();
-    let _chain = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+    let mut chain = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
         .args(["dev", "--chain-only", "--gas-wallets", "3", "--payers", "2"])
         .args(["--port", &port.to_string()])
         .arg("--env-out")
@@ -189,7 +189,8 @@ async fn chain_only_outlives_a_killed_serve_and_lists_every_gas_wallet() {
         .arg(format!("sqlite://{}/ledger.db", dir.path().display()))
         .env("X402D_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        // Not inherited: its anvil would hold the test runner's output open if it outlived us.
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -220,4 +221,18 @@ async fn chain_only_outlives_a_killed_serve_and_lists_every_gas_wallet() {
     let out = pay_sms(&merchant, &payer).await;
     assert_eq!(out.status, 200, "{}", out.body);
     assert!(out.receipt.is_some_and(|r| r.success));
+    // SIGTERM, not SIGKILL: `x402d dev` stops its anvil on the way out.
+    let pid = chain.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), chain.wait())
+        .await
+        .expect("x402d dev --chain-only stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
 }
