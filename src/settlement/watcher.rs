@@ -112,6 +112,7 @@ pub(super) async fn on_receipt(
     };
     let used = authorizations_used(receipt);
     let payments = ctx.ledger.batch_payments(batch_id).await?;
+    let no_deploys = payments.iter().all(|p| p.deploy.is_none());
     let mut settled = Vec::new();
     let mut unsettled: Vec<Payment> = Vec::new();
     for p in payments {
@@ -124,13 +125,7 @@ pub(super) async fn on_receipt(
             unsettled.push(p);
         }
     }
-    let plain = unsettled.is_empty()
-        && ctx
-            .ledger
-            .batch_payments(batch_id)
-            .await?
-            .iter()
-            .all(|p| p.deploy.is_none());
+    let plain = unsettled.is_empty() && no_deploys;
     if mined.succeeded && plain && !settled.is_empty() {
         let per_item = mined.gas_used.saturating_sub(super::tx::TX_BASE_GAS) / settled.len() as u64;
         let mut learned = ctx
