@@ -57,6 +57,9 @@ enum Broadcast {
     Unknown,
     NonceUsed,
     Underpriced,
+    /// The fee cap is below the block's base fee (fees rose since the quote); anvil and some
+    /// nodes refuse such a transaction instead of pooling it. Not the payments' fault.
+    FeeCapTooLow(String),
     NoFunds,
     Refused(String),
 }
@@ -426,6 +429,25 @@ impl Lane {
                     needed: self.needed,
                 });
             }
+            Broadcast::FeeCapTooLow(why) => {
+                tracing::info!(tx = %a.hash, reason = %why, "fees rose past the quote; the batch is priced again");
+                self.ctx.fees.invalidate();
+                self.ctx
+                    .ledger
+                    .set_tx_status(a.tx_id, TxStatus::Dropped)
+                    .await?;
+                let Some(i) = self.slots.iter().position(|s| s.batch_id == batch_id) else {
+                    return Ok(());
+                };
+                self.slots[i].attempts.retain(|x| x.tx_id != a.tx_id);
+                if self.slots[i].attempts.is_empty() {
+                    self.finish(i);
+                    self.next_nonce = None;
+                    self.shared.resync.store(true, Ordering::Relaxed);
+                    let payments = self.in_batch(batch_id).await?;
+                    reconciler::repriced(&self.ctx, &payments, &why).await?;
+                }
+            }
             Broadcast::Refused(why) => {
                 tracing::warn!(tx = %a.hash, reason = %why, "node refused the transaction");
                 self.ctx
@@ -793,6 +815,12 @@ fn classify(message: &str) -> Broadcast {
         Broadcast::NonceUsed
     } else if m.contains("underpriced") {
         Broadcast::Underpriced
+    } else if m.contains("less than block base fee")
+        || m.contains("fee cap less than")
+        || m.contains("max fee per gas less than")
+        || m.contains("feecap too low")
+    {
+        Broadcast::FeeCapTooLow(message.to_owned())
     } else if m.contains("insufficient funds") {
         Broadcast::NoFunds
     } else {
@@ -814,6 +842,14 @@ mod tests {
         assert!(matches!(
             classify("replacement transaction underpriced"),
             Broadcast::Underpriced
+        ));
+        assert!(matches!(
+            classify("max fee per gas less than block base fee"),
+            Broadcast::FeeCapTooLow(_)
+        ));
+        assert!(matches!(
+            classify("fee cap less than block base fee: address 0x1, gasFeeCap: 1 baseFee: 2"),
+            Broadcast::FeeCapTooLow(_)
         ));
         assert!(matches!(
             classify("insufficient funds for gas * price + value"),

@@ -93,6 +93,29 @@ pub(super) async fn unsettled(
     Ok(())
 }
 
+/// Payments whose transaction the node refused for a fee cap below the block's base fee: back to
+/// the queue without counting an attempt (the payments did nothing wrong), after a short pause so
+/// the next quote sees the new base fee.
+pub(super) async fn repriced(
+    ctx: &ChainCtx,
+    payments: &[Payment],
+    why: &str,
+) -> Result<(), StepError> {
+    let ids: Vec<i64> = payments.iter().map(|p| p.id).collect();
+    ctx.ledger
+        .transition(
+            &ids,
+            &Transition::Requeued {
+                why: format!("fees rose past the quote ({why}); priced again"),
+                after_broadcast: false,
+                not_before: ms_from_now(std::time::Duration::from_millis(500)),
+            },
+        )
+        .await?;
+    ctx.wake.notify_one();
+    Ok(())
+}
+
 /// A settled payment whose block a reorg replaced and whose transaction has no receipt now.
 pub(super) async fn unincluded(ctx: &ChainCtx, p: &Payment) -> Result<(), StepError> {
     let auth = match stored_authorization(p) {
