@@ -2,7 +2,7 @@
 # Installs the pinned anvil (npm package @foundry-rs/anvil-linux-amd64, see package.json /
 # package-lock.json) into anvil/node_modules if it is missing, and prints the absolute path of
 # the binary as the only line on stdout; progress goes to stderr. Idempotent; runnable from any
-# cwd. The one implementation of the install: `x402d dev` (src/devchain.rs) runs this script.
+# cwd. The one implementation of the install: `x402d dev` (src/dev/chain.rs) runs this script.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"

@@ -266,7 +266,7 @@ pub async fn pay(
             max: format!("${}", req.max_amount),
         });
     }
-    let now = crate::db::now_ms().max(0) as u64 / 1000;
+    let now = crate::clock::unix_now();
     let signed = sign_for_v2(signer, &offer, now)?;
     let (name, payload) = if req.force_v1 || v1_only {
         let v1 = RequirementsV1 {

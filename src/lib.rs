@@ -4,20 +4,17 @@
 //! `http → facilitator → (exact, ledger, settlement) → chain`, with `protocol` (pure wire types)
 //! and `config` usable from anywhere.
 
-pub mod bench;
 pub mod chain;
 pub mod client;
 pub mod clock;
 pub mod config;
-pub mod db;
-pub mod devchain;
-pub mod devmode;
+pub mod dev;
 pub mod exact;
 pub mod facilitator;
 pub mod http;
 pub mod ledger;
 pub mod merchant;
 pub mod protocol;
-pub mod server;
 pub mod settlement;
+pub mod storage;
 pub mod telemetry;

@@ -58,6 +58,17 @@ enum Command {
         /// Where to write the ready `x402d.toml` (default: under x402d-data/).
         #[arg(long)]
         config_out: Option<PathBuf>,
+        /// Fork this chain's JSON-RPC endpoint instead of starting an empty chain: its real token
+        /// is served (EIP-712 domain read from the chain), payers get balances through anvil's
+        /// storage cheats, and the upstream is only read. The chain id is the upstream's.
+        #[arg(long, value_name = "URL")]
+        fork_url: Option<String>,
+        /// The block to fork at (default: the upstream's latest).
+        #[arg(long, value_name = "N", requires = "fork_url")]
+        fork_block: Option<u64>,
+        /// The token to serve on the fork (default: the chain's built-in USDC).
+        #[arg(long, value_name = "ADDRESS", requires = "fork_url")]
+        fork_token: Option<alloy::primitives::Address>,
     },
     /// Load tests against a local chain this command sets up (needs `wrk`).
     Bench {
@@ -172,10 +183,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = x402d::config::Config::load(&config)?;
-            let server = x402d::server::RunningServer::start(&config).await?;
+            let server = x402d::http::server::RunningServer::start(&config).await?;
             tracing::info!(url = %server.url(), "x402d serving");
             server
-                .serve_until(x402d::server::shutdown_signal())
+                .serve_until(x402d::http::server::shutdown_signal())
                 .await
                 .context("server failed")?;
             tracing::info!("stopped");
@@ -189,11 +200,14 @@ async fn main() -> anyhow::Result<()> {
             gas_wallets,
             chain_only,
             config_out,
+            fork_url,
+            fork_block,
+            fork_token,
         } => {
             let run = x402d::clock::unix_now();
             let ledger_url =
                 ledger_url.unwrap_or_else(|| format!("sqlite://x402d-data/dev-{run}.db"));
-            let opts = x402d::devmode::DevOptions {
+            let opts = x402d::dev::mode::DevOptions {
                 port,
                 chain_id,
                 payers,
@@ -203,12 +217,19 @@ async fn main() -> anyhow::Result<()> {
                 chain_only,
                 config_out: config_out
                     .unwrap_or_else(|| PathBuf::from(format!("x402d-data/dev-{run}.toml"))),
+                fork_url,
+                fork_block,
+                fork_token,
             };
-            let stack = x402d::devmode::start(&opts).await?;
-            println!("{}", x402d::devmode::next_steps(&stack.env));
+            let stack = x402d::dev::mode::start(&opts).await?;
+            println!("{}", x402d::dev::mode::next_steps(&stack.env));
             match stack.server {
-                Some(server) => server.serve_until(x402d::server::shutdown_signal()).await?,
-                None => x402d::server::shutdown_signal().await,
+                Some(server) => {
+                    server
+                        .serve_until(x402d::http::server::shutdown_signal())
+                        .await?
+                }
+                None => x402d::http::server::shutdown_signal().await,
             }
             drop(stack.chain);
             tracing::info!("stopped");
@@ -223,14 +244,14 @@ async fn main() -> anyhow::Result<()> {
                     duration,
                 },
         } => {
-            let opts = x402d::bench::VerifyLoad {
+            let opts = x402d::dev::bench::VerifyLoad {
                 payments,
                 payers,
                 connections,
                 threads,
                 duration_s: duration,
             };
-            let report = x402d::bench::verify_load(&opts).await?;
+            let report = x402d::dev::bench::verify_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
@@ -246,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
-            let opts = x402d::bench::SettleLoad {
+            let opts = x402d::dev::bench::SettleLoad {
                 payments,
                 payers,
                 connections,
@@ -255,19 +276,19 @@ async fn main() -> anyhow::Result<()> {
                 block_time,
                 gas_wallets,
             };
-            let report = x402d::bench::settle_load(&opts).await?;
+            let report = x402d::dev::bench::settle_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
             what: BenchCommand::Recovery { rounds },
         } => {
-            let report = x402d::bench::recovery(rounds).await?;
+            let report = x402d::dev::bench::recovery(rounds).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
             what: BenchCommand::Gas { sizes },
         } => {
-            let points = x402d::bench::gas_per_batch(&sizes).await?;
+            let points = x402d::dev::bench::gas_per_batch(&sizes).await?;
             println!("{}", serde_json::to_string_pretty(&points)?);
         }
         Command::Pay {
@@ -334,6 +355,10 @@ async fn main() -> anyhow::Result<()> {
             let config = x402d::config::Config::load(&config)?;
             x402d::ledger::Ledger::connect(&config.ledger.url.0).await?;
             println!("ledger migrations applied");
+            if config.dial.is_some() {
+                x402d::merchant::store::Store::connect(&config.ledger.url.0).await?;
+                println!("dial migrations applied");
+            }
         }
         Command::CheckConfig { config } => {
             let config = x402d::config::Config::load(&config)?;

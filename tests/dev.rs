@@ -116,8 +116,17 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
     );
 }
 
-/// Pays one SMS through a Dial at `merchant`.
+/// Pays one SMS through a Dial at `merchant`, on Base Sepolia.
 async fn pay_sms(merchant: &str, payer: &PrivateKeySigner) -> x402d::client::PayOutcome {
+    pay_sms_on(merchant, payer, "eip155:84532").await
+}
+
+/// Pays one SMS through a Dial at `merchant`, on `network`.
+async fn pay_sms_on(
+    merchant: &str,
+    payer: &PrivateKeySigner,
+    network: &str,
+) -> x402d::client::PayOutcome {
     pay(
         &reqwest::Client::new(),
         payer,
@@ -126,7 +135,7 @@ async fn pay_sms(merchant: &str, payer: &PrivateKeySigner) -> x402d::client::Pay
             url: format!("{merchant}/api/v1/sms/send"),
             body: Some(r#"{"to":"+14155550100","message":"hello"}"#.into()),
             headers: Vec::new(),
-            network: Some("eip155:84532".into()),
+            network: Some(network.into()),
             asset: None,
             max_amount: "1".into(),
             force_v1: false,
@@ -146,6 +155,23 @@ async fn wait_for_json(path: &std::path::Path) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{} was never written", path.display());
+}
+
+/// Sends SIGTERM and waits for a clean exit (SIGKILL would orphan the child's anvil).
+async fn terminate(child: &mut tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("x402d dev stops within 20 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
 }
 
 fn serve(config: &str) -> tokio::process::Child {
@@ -235,4 +261,107 @@ async fn chain_only_outlives_a_killed_serve_and_lists_every_gas_wallet() {
         .expect("x402d dev --chain-only stops within 20 s of SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// `x402d dev --fork-url` against a running dev chain that plays Base (chain id 8453, USDC at its
+/// canonical address): the fork serves the token already there, funds its payers through storage
+/// writes, honours `--fork-block`, settles a payment, and leaves the upstream untouched.
+#[tokio::test]
+async fn dev_fork_url_settles_on_the_fork_and_leaves_the_upstream_untouched() {
+    use alloy::network::TransactionBuilder;
+    use alloy::primitives::{Address, B256, U256};
+    use alloy::providers::Provider;
+    use x402d::dev::chain::DevChain;
+
+    let upstream = DevChain::start(8453, None).await.unwrap();
+    let fork_block = upstream.provider().get_block_number().await.unwrap();
+    // Minted after the fork block: the fork must not see it.
+    let late = Address::random();
+    upstream
+        .mint(upstream.usdc, late, U256::from(5_000_000))
+        .await
+        .unwrap();
+    let upstream_head = upstream.provider().get_block_number().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let env_path = dir.path().join("env.json");
+    let port = free_port();
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["dev", "--payers", "1", "--port", &port.to_string()])
+        .args(["--fork-url", &upstream.rpc_url()])
+        .args(["--fork-block", &fork_block.to_string()])
+        .arg("--env-out")
+        .arg(&env_path)
+        .arg("--ledger-url")
+        .arg(format!("sqlite://{}/fork.db", dir.path().display()))
+        .env("X402D_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let env = wait_for_json(&env_path).await;
+    assert_eq!(env["chain_id"], 8453, "{env}");
+    assert_eq!(env["network"], "eip155:8453");
+    assert_eq!(env["usdc"], "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913");
+    assert_eq!(env["eip712_name"], "USD Coin", "read from the chain");
+    assert_eq!(env["eip712_version"], "2");
+    assert_eq!(env["forked_from"], upstream.rpc_url());
+    assert_eq!(env["fork_block"], fork_block);
+
+    let fork = alloy::providers::ProviderBuilder::new()
+        .connect_http(env["rpc_url"].as_str().unwrap().parse().unwrap())
+        .erased();
+    let balance = |p: alloy::providers::DynProvider, who: Address| async move {
+        let call = x402d::chain::bindings::IEip3009Token::balanceOfCall { account: who };
+        let tx = alloy::rpc::types::TransactionRequest::default()
+            .with_to(upstream_usdc())
+            .with_input(alloy::sol_types::SolCall::abi_encode(&call));
+        let out = p.call(tx).await.unwrap();
+        U256::from_be_slice(&out)
+    };
+    assert_eq!(
+        balance(fork.clone(), late).await,
+        U256::ZERO,
+        "the fork is at --fork-block, before the late mint"
+    );
+    assert_eq!(
+        balance(upstream.provider().clone(), late).await,
+        U256::from(5_000_000)
+    );
+
+    let payer: PrivateKeySigner = env["payer_keys"][0].as_str().unwrap().parse().unwrap();
+    let pay_to: Address = env["pay_to"].as_str().unwrap().parse().unwrap();
+    let funded = balance(fork.clone(), payer.address()).await;
+    assert_eq!(
+        funded,
+        U256::from(1_000_000_000u64),
+        "payer funded by a storage write"
+    );
+    let merchant = env["merchant_url"].as_str().unwrap().to_owned();
+    let out = pay_sms_on(&merchant, &payer, "eip155:8453").await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    let receipt = out.receipt.expect("a settlement receipt");
+    assert!(receipt.success, "{receipt:?}");
+    assert_eq!(receipt.network, "eip155:8453");
+    let paid = balance(fork.clone(), pay_to).await;
+    assert!(paid > U256::ZERO, "the payee was paid on the fork");
+    assert_eq!(balance(fork.clone(), payer.address()).await, funded - paid);
+    let hash: B256 = receipt.transaction.parse().unwrap();
+    assert!(
+        fork.get_transaction_receipt(hash).await.unwrap().is_some(),
+        "mined on the fork"
+    );
+
+    // The upstream saw nothing: no new block, no transaction, no balances.
+    let u = upstream.provider();
+    assert_eq!(u.get_block_number().await.unwrap(), upstream_head);
+    assert!(u.get_transaction_receipt(hash).await.unwrap().is_none());
+    assert_eq!(balance(u.clone(), pay_to).await, U256::ZERO);
+    assert_eq!(balance(u.clone(), payer.address()).await, U256::ZERO);
+    terminate(&mut dev).await;
+}
+
+fn upstream_usdc() -> alloy::primitives::Address {
+    x402d::chain::builtin_usdc(8453).unwrap().0
 }

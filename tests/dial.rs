@@ -81,18 +81,24 @@ fn sms_request(h: &Harness, to: &str) -> PayRequest {
 }
 
 async fn count(h: &Harness, sql: &str) -> i64 {
-    let pool = x402d::db::open(&h.ledger_url).await.unwrap();
+    let store = x402d::merchant::store::Store::connect(&h.ledger_url)
+        .await
+        .unwrap();
+    let pool = store.pool();
     let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await
         .unwrap();
     row.try_get::<i64, _>(0).unwrap()
 }
 
 async fn receipt_status(h: &Harness) -> Vec<(String, Option<String>)> {
-    let pool = x402d::db::open(&h.ledger_url).await.unwrap();
+    let store = x402d::merchant::store::Store::connect(&h.ledger_url)
+        .await
+        .unwrap();
+    let pool = store.pool();
     sqlx::query("SELECT status, tx_hash FROM dial_receipts ORDER BY id")
-        .fetch_all(&pool)
+        .fetch_all(pool)
         .await
         .unwrap()
         .iter()
@@ -943,7 +949,7 @@ async fn dial_works_with_a_remote_facilitator_and_502s_without_one() {
         .unwrap()
     };
     // A merchant whose facilitator is the harness's x402d, over HTTP.
-    let merchant = x402d::server::RunningServer::start(&config(&h.url()))
+    let merchant = x402d::http::server::RunningServer::start(&config(&h.url()))
         .await
         .unwrap();
     let request = PayRequest {
@@ -961,7 +967,7 @@ async fn dial_works_with_a_remote_facilitator_and_502s_without_one() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let orphan = x402d::server::RunningServer::start(&config(&dead))
+    let orphan = x402d::http::server::RunningServer::start(&config(&dead))
         .await
         .unwrap();
     let request = PayRequest {

@@ -610,7 +610,9 @@ async fn a_spent_daily_gas_budget_holds_payments_visibly(backend: Backend) {
         .replace(&rpc_line, &format!("{rpc_line}\ndaily_gas_budget_wei = 1"));
     assert_ne!(text, h.config_text);
     let config = x402d::config::Config::from_toml(&text, &h.config_env()).unwrap();
-    let server = x402d::server::RunningServer::start(&config).await.unwrap();
+    let server = x402d::http::server::RunningServer::start(&config)
+        .await
+        .unwrap();
     let url = server.url();
     let req = h.requirement(ONE_CENT);
     let post = |body: Value| {

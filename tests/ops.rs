@@ -15,8 +15,8 @@ use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 use x402d::config::Config;
-use x402d::devchain::anvil_binary;
-use x402d::server::RunningServer;
+use x402d::dev::chain::anvil_binary;
+use x402d::http::server::RunningServer;
 
 /// Runs a scenario on both ledger backends.
 macro_rules! on_both_backends {

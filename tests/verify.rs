@@ -10,7 +10,7 @@ use alloy::sol_types::SolValue;
 use common::*;
 use serde_json::json;
 use x402d::client::{AuthorizationTerms, domain_separator};
-use x402d::devchain::DevChain;
+use x402d::dev::chain::DevChain;
 use x402d::exact::authorization_digest;
 use x402d::exact::signature::ERC6492_MAGIC;
 use x402d::protocol::wire::{Eip3009Authorization, ExactEvmPayload};
@@ -631,7 +631,9 @@ async fn unreachable_rpc_is_503() {
         "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"http://127.0.0.1:{port}\"]\n"
     );
     let config = x402d::config::Config::from_toml(&text, &Default::default()).unwrap();
-    let server = x402d::server::RunningServer::start(&config).await.unwrap();
+    let server = x402d::http::server::RunningServer::start(&config)
+        .await
+        .unwrap();
     let payer = PrivateKeySigner::random();
     let usdc = x402d::chain::builtin_usdc(84532).unwrap().0;
     let req = x402d::protocol::wire::RequirementsV2 {

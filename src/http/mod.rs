@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, body limits, and the mapping of errors to status codes.
 
 pub mod ops;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use alloy::primitives::{Address, B256};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-pub use crate::db::now_ms;
+pub use crate::clock::now_ms;
 pub use rows::{Deploy, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus};
 use rows::{PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, payment_of, transaction_of, u64_of};
 pub use state::{Inclusion, PaymentState, Transition};
@@ -26,7 +26,7 @@ pub enum LedgerError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
-    Open(#[from] crate::db::DbError),
+    Open(#[from] crate::storage::DbError),
     #[error("ledger row is corrupt: {0}")]
     Corrupt(String),
     /// A failure shared by every claim of one group commit.
@@ -75,6 +75,12 @@ impl MigrationStatus {
     }
 }
 
+/// The ledger's tables (payments, batches, transactions), its own migrations.
+static MIGRATIONS: crate::storage::Migrations = crate::storage::Migrations {
+    sqlite: sqlx::migrate!("migrations/ledger/sqlite"),
+    postgres: sqlx::migrate!("migrations/ledger/postgres"),
+};
+
 /// The ledger.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -121,7 +127,7 @@ impl KeyIndex {
 impl Ledger {
     /// Connects (creating a SQLite file if needed) and applies the migrations.
     pub async fn connect(url: &str) -> Result<Ledger, LedgerError> {
-        let pool = crate::db::open(url).await?;
+        let pool = crate::storage::open(url, &MIGRATIONS).await?;
         let sqlite = url.starts_with("sqlite:");
         let keys = if sqlite {
             let index = KeyIndex::default();
@@ -326,9 +332,9 @@ impl Ledger {
     /// Which migrations of this build are applied.
     pub async fn migration_status(&self) -> Result<MigrationStatus, LedgerError> {
         let migrator = if self.sqlite {
-            sqlx::migrate!("migrations/sqlite")
+            &MIGRATIONS.sqlite
         } else {
-            sqlx::migrate!("migrations/postgres")
+            &MIGRATIONS.postgres
         };
         let expected = migrator
             .iter()

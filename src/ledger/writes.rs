@@ -11,7 +11,7 @@ use super::{
     Ledger, LedgerError, MinedTx, NewPayment, NewTransaction, Payment, Transaction, Transition,
     TxStatus, now_ms,
 };
-use crate::db::placeholders;
+use crate::storage::placeholders;
 
 /// A value bound into a statement built at run time.
 enum Bind {

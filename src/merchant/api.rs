@@ -57,7 +57,7 @@ pub enum Order {
 }
 
 fn now_secs() -> i64 {
-    crate::db::now_ms() / 1000
+    crate::clock::now_ms() / 1000
 }
 
 fn bad_request(message: impl AsRef<str>) -> DialError {

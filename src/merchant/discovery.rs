@@ -68,7 +68,7 @@ pub async fn bazaar(State(dial): State<Arc<Dial>>, Query(q): Query<BazaarQuery>)
         .map(|r| {
             let price = price_of(&dial, r);
             json!({"resource": dial.paywall.resource_url(r.path), "type": "http", "x402Version": 2,
-                   "accepts": dial.paywall.offers(&price), "lastUpdated": super::siwe::format_rfc3339(crate::db::now_ms() / 1000),
+                   "accepts": dial.paywall.offers(&price), "lastUpdated": super::siwe::format_rfc3339(crate::clock::now_ms() / 1000),
                    "metadata": {"method": "POST", "description": r.summary, "input": (r.input)(), "output": (r.output)()}})
         })
         .collect();

@@ -1,10 +1,12 @@
-//! Dial's records, in the same database as the ledger (its own tables): receipts, messages, numbers,
+//! Dial's records, in the same database as the ledger or its own (its own tables and migrations,
+//! `migrations/dial`): receipts, messages, numbers,
 //! eSIMs, verifications, SIWE nonces and sessions.
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::db::{DbError, now_ms};
+use crate::clock::now_ms;
+use crate::storage::DbError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,6 +113,12 @@ pub struct NewMessage<'a> {
 /// A month, for number expiry and text quotas.
 pub const MONTH_MS: i64 = 30 * 24 * 3600 * 1000;
 
+/// Dial's tables (receipts, numbers, sessions, messages), its own migrations.
+static MIGRATIONS: crate::storage::Migrations = crate::storage::Migrations {
+    sqlite: sqlx::migrate!("migrations/dial/sqlite"),
+    postgres: sqlx::migrate!("migrations/dial/postgres"),
+};
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -143,8 +151,13 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl Store {
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         Ok(Store {
-            pool: crate::db::open(url).await?,
+            pool: crate::storage::open(url, &MIGRATIONS).await?,
         })
+    }
+
+    /// The pool, for reads outside the store's own queries (tests, operators' tools).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -192,7 +205,7 @@ impl Store {
         from: &[ReceiptStatus],
         to: ReceiptStatus,
     ) -> Result<bool, StoreError> {
-        let list = crate::db::placeholders(4, from.len());
+        let list = crate::storage::placeholders(4, from.len());
         let sql = format!(
             "UPDATE dial_receipts SET status = $1, updated_at = $2 WHERE id = $3 AND status IN ({list})"
         );

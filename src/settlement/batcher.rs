@@ -108,7 +108,7 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
     if let Some(budget) = ctx.daily_budget_wei {
         let spent = ctx
             .ledger
-            .spent_since(ctx.chain_id(), crate::ledger::now_ms() - 86_400_000)
+            .spent_since(ctx.chain_id(), crate::clock::now_ms() - 86_400_000)
             .await?;
         if spent >= budget {
             ctx.set_waiting(Some(format!(

@@ -467,5 +467,5 @@ impl Drop for Settlement {
 
 /// Milliseconds since the Unix epoch plus `d`.
 fn ms_from_now(d: Duration) -> i64 {
-    crate::ledger::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    crate::clock::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

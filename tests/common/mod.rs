@@ -10,10 +10,10 @@ use x402d::client::{
     AuthorizationTerms, facilitator_body, payload_v1, payload_v2, sign_authorization,
 };
 use x402d::config::Config;
-use x402d::devchain::{DevChain, artifacts};
+use x402d::dev::chain::{DevChain, artifacts};
+use x402d::http::server::RunningServer;
 use x402d::protocol::wire::{ExactEvmPayload, ExactExtra, RequirementsV1, RequirementsV2};
 use x402d::protocol::{AtomicAmount, ChainId};
-use x402d::server::RunningServer;
 
 pub const CHAIN_ID: u64 = 84532;
 pub const ONE_CENT: u64 = 10_000;

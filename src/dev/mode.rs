@@ -9,8 +9,8 @@ use alloy::signers::local::PrivateKeySigner;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::devchain::DevChain;
-use crate::server::RunningServer;
+use crate::dev::chain::DevChain;
+use crate::http::server::RunningServer;
 
 /// Options of `x402d dev`.
 #[derive(Debug, Clone)]
@@ -27,6 +27,12 @@ pub struct DevOptions {
     pub chain_only: bool,
     /// Where the ready `x402d.toml` is written.
     pub config_out: PathBuf,
+    /// Fork this chain instead of starting an empty one (`chain_id` is then the upstream's).
+    pub fork_url: Option<String>,
+    /// The block to fork at (default: the upstream's latest).
+    pub fork_block: Option<u64>,
+    /// The token to serve on the fork (default: the chain's built-in USDC).
+    pub fork_token: Option<alloy::primitives::Address>,
 }
 
 /// The environment `x402d dev` created, as `--env-out` writes it.
@@ -49,6 +55,10 @@ pub struct DevEnvironment {
     pub config: String,
     /// Whether this process serves x402d itself (false with `--chain-only`).
     pub serving: bool,
+    /// The chain this one forks (`--fork-url`), if any.
+    pub forked_from: Option<String>,
+    /// The block it was forked at, when one was asked for.
+    pub fork_block: Option<u64>,
 }
 
 /// A running dev environment; dropping it stops anvil.
@@ -65,7 +75,11 @@ const PAYER_FUNDS: u64 = 1_000_000_000;
 /// Starts anvil, places the contracts, funds the gas wallets and the payers, writes a ready config,
 /// and (unless `chain_only`) starts the service with it.
 pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
-    let chain = DevChain::start(opts.chain_id, None).await?;
+    let chain = match &opts.fork_url {
+        None => DevChain::start(opts.chain_id, None).await?,
+        Some(url) => DevChain::fork(url, opts.fork_block, opts.fork_token).await?,
+    };
+    let chain_id = chain.chain_id;
     let mut gas = Vec::new();
     for _ in 0..opts.gas_wallets.max(1) {
         let g = PrivateKeySigner::random();
@@ -78,7 +92,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     for _ in 0..opts.payers {
         let p = PrivateKeySigner::random();
         chain
-            .mint(chain.usdc, p.address(), U256::from(PAYER_FUNDS))
+            .fund_usdc(p.address(), U256::from(PAYER_FUNDS))
             .await?;
         payer_keys.push(format!("0x{}", alloy::hex::encode(p.to_bytes())));
     }
@@ -93,14 +107,25 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         .map(|k| format!("\"{k}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    // On a fork the token is described as the chain says, not as the built-in table does.
+    let tokens = if chain.fork.is_some() {
+        format!(
+            "builtin_tokens = false\n[[networks.tokens]]\naddress = \"{address}\"\nname = {name}\nversion = {version}\ndecimals = {decimals}\n",
+            address = chain.usdc,
+            name = toml::Value::String(chain.usdc_name.clone()),
+            version = toml::Value::String(chain.usdc_version.clone()),
+            decimals = chain.usdc_decimals,
+        )
+    } else {
+        String::new()
+    };
     let text = format!(
         "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
-         [server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
          [exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [{keys}]\n\
          [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\n",
         ledger = opts.ledger_url,
         port = opts.port,
-        chain_id = opts.chain_id,
         rpc = chain.rpc_url(),
         factory = chain.wallet_factory,
     );
@@ -121,11 +146,11 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     let url = server.as_ref().map_or(url, RunningServer::url);
     let env = DevEnvironment {
         rpc_url: chain.rpc_url(),
-        chain_id: opts.chain_id,
-        network: format!("eip155:{}", opts.chain_id),
+        chain_id,
+        network: format!("eip155:{chain_id}"),
         usdc: chain.usdc.to_checksum(None),
         eip712_name: chain.usdc_name.clone(),
-        eip712_version: "2".into(),
+        eip712_version: chain.usdc_version.clone(),
         facilitator_url: url.clone(),
         merchant_url: url,
         pay_to: pay_to.to_checksum(None),
@@ -134,6 +159,8 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         gas_wallet_keys,
         config: opts.config_out.display().to_string(),
         serving: server.is_some(),
+        forked_from: chain.fork.as_ref().map(|f| f.upstream.clone()),
+        fork_block: chain.fork.as_ref().and_then(|f| f.block),
     };
     if let Some(path) = &opts.env_out {
         std::fs::write(path, serde_json::to_string_pretty(&env)?)?;
@@ -147,9 +174,16 @@ pub fn next_steps(env: &DevEnvironment) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "x402d".into());
     let key = env.payer_keys.first().map(String::as_str).unwrap_or("0x…");
+    let forked = env
+        .forked_from
+        .as_ref()
+        .map_or(String::new(), |u| match env.fork_block {
+            Some(b) => format!(", a fork of {u} at block {b}"),
+            None => format!(", a fork of {u}"),
+        });
     if !env.serving {
         return format!(
-            "x402d dev --chain-only: the dev chain is running\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallets  {gas}\n  config       {config}\n\nServe against it:\n  {exe} serve --config {config}\n\nCtrl-C stops the chain.\n",
+            "x402d dev --chain-only: the dev chain is running\n  chain        {rpc} (chain id {id}, USDC {usdc}{forked})\n  gas wallets  {gas}\n  config       {config}\n\nServe against it:\n  {exe} serve --config {config}\n\nCtrl-C stops the chain.\n",
             rpc = env.rpc_url,
             id = env.chain_id,
             usdc = env.usdc,
@@ -158,7 +192,7 @@ pub fn next_steps(env: &DevEnvironment) -> String {
         );
     }
     format!(
-        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc})\n  gas wallets  {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
+        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc}{forked})\n  gas wallets  {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
         f = env.facilitator_url,
         m = env.merchant_url,
         pay_to = env.pay_to,

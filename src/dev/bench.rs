@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::{facilitator_body, payload_v2, sign_for_v2};
 use crate::config::Config;
-use crate::devchain::{DevChain, DevChainError};
+use crate::dev::chain::{DevChain, DevChainError};
 use crate::facilitator::unix_now;
+use crate::http::server::{RunningServer, ServeError};
 use crate::protocol::AtomicAmount;
 use crate::protocol::wire::{ExactExtra, RequirementsV2};
-use crate::server::{RunningServer, ServeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

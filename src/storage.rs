@@ -1,10 +1,37 @@
-//! Opening the database shared by the ledger and the merchant module: SQLite (a file, WAL) or
-//! PostgreSQL, chosen by the URL, with this crate's migrations applied.
+//! Opening a SQL pool for a room that owns tables: SQLite (a file, WAL) or PostgreSQL, chosen by
+//! the URL, with that room's own migrations applied. The ledger (`migrations/ledger`) and Dial's
+//! store (`migrations/dial`) may share one database: their versions never collide, and each
+//! migrator ignores the other's rows in `_sqlx_migrations`.
 
 use std::str::FromStr;
 
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+
+/// A room's migrations, one set per backend.
+pub struct Migrations {
+    pub sqlite: Migrator,
+    pub postgres: Migrator,
+}
+
+impl Migrations {
+    /// The set for the backend of `url`, told to leave other rooms' versions alone.
+    pub fn for_url(&self, url: &str) -> Migrator {
+        let set = if is_sqlite(url) {
+            &self.sqlite
+        } else {
+            &self.postgres
+        };
+        let mut m = Migrator::with_migrations(set.iter().cloned().collect());
+        m.set_ignore_missing(true);
+        m
+    }
+}
+
+fn is_sqlite(url: &str) -> bool {
+    url.starts_with("sqlite:")
+}
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -17,11 +44,12 @@ pub enum DbError {
     UnsupportedUrl(String),
 }
 
-/// Opens a pool on `url` (creating a SQLite file and its directory if needed) and applies the
-/// migrations of its backend. Safe to call more than once on one database.
-pub async fn open(url: &str) -> Result<AnyPool, DbError> {
+/// Opens a pool on `url` (creating a SQLite file and its directory if needed) and applies
+/// `migrations` for its backend. Safe to call more than once on one database.
+pub async fn open(url: &str, migrations: &Migrations) -> Result<AnyPool, DbError> {
     sqlx::any::install_default_drivers();
-    let sqlite = url.starts_with("sqlite:");
+    let sqlite = is_sqlite(url);
+    let migrator = migrations.for_url(url);
     if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
         // Only the scheme: the rest may hold a password.
         let scheme = url.split(':').next().unwrap_or_default();
@@ -55,11 +83,7 @@ pub async fn open(url: &str) -> Result<AnyPool, DbError> {
         })
         .connect_with(options)
         .await?;
-    if sqlite {
-        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-    } else {
-        sqlx::migrate!("migrations/postgres").run(&pool).await?;
-    }
+    migrator.run(&pool).await?;
     Ok(pool)
 }
 
@@ -95,5 +119,3 @@ pub fn placeholders(from: usize, n: usize) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
-
-pub use crate::clock::now_ms;

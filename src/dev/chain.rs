@@ -37,9 +37,9 @@ alloy::sol! {
 
 /// Compiled artifacts of our contracts (contracts/out, rebuilt and checked by contracts/check.sh).
 pub mod artifacts {
-    pub const TEST_USDC: &str = include_str!("../contracts/out/TestUSDC.json");
-    pub const SMART_WALLET: &str = include_str!("../contracts/out/SmartWallet.json");
-    pub const WALLET_FACTORY: &str = include_str!("../contracts/out/WalletFactory.json");
+    pub const TEST_USDC: &str = include_str!("../../contracts/out/TestUSDC.json");
+    pub const SMART_WALLET: &str = include_str!("../../contracts/out/SmartWallet.json");
+    pub const WALLET_FACTORY: &str = include_str!("../../contracts/out/WalletFactory.json");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub enum DevChainError {
     Chain(String),
 }
 
-fn chain_err(e: impl std::fmt::Display) -> DevChainError {
+pub(super) fn chain_err(e: impl std::fmt::Display) -> DevChainError {
     DevChainError::Chain(e.to_string())
 }
 
@@ -186,10 +186,22 @@ pub struct DevChain {
     /// Owner of the test tokens (anvil's first account), also a funded sender.
     pub owner: PrivateKeySigner,
     pub chain_id: u64,
-    /// The test USDC at the canonical address of this chain.
+    /// The test USDC at the canonical address of this chain (on a fork: the real token).
     pub usdc: Address,
     pub usdc_name: String,
+    pub usdc_version: String,
+    pub usdc_decimals: u8,
     pub wallet_factory: Address,
+    /// On a fork: the upstream chain and where the token keeps its balances.
+    pub fork: Option<Fork>,
+}
+
+/// What a forked dev chain knows of its upstream.
+#[derive(Debug, Clone)]
+pub struct Fork {
+    pub upstream: String,
+    pub block: Option<u64>,
+    pub balance_slot: super::fork::BalanceSlot,
 }
 
 impl DevChain {
@@ -217,12 +229,85 @@ impl DevChain {
             chain_id,
             usdc,
             usdc_name: usdc_name.to_owned(),
+            usdc_version: "2".to_owned(),
+            usdc_decimals: 6,
             wallet_factory: Address::ZERO,
+            fork: None,
         };
         chain.place_multicall3().await?;
         chain.place_token(usdc, usdc_name, "2", 6).await?;
         chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
         Ok(chain)
+    }
+
+    /// Starts anvil forking `upstream` (at `block`, else its latest) and serves its real token:
+    /// `token`, else the chain's built-in USDC. Its EIP-712 domain is read from the chain; only
+    /// what is missing is added (Multicall3 if absent, our ERC-6492 wallet factory at a new
+    /// address). Nothing reaches the upstream chain: anvil only reads from it.
+    pub async fn fork(
+        upstream: &str,
+        block: Option<u64>,
+        token: Option<Address>,
+    ) -> Result<DevChain, DevChainError> {
+        let mut anvil = Anvil::at(anvil_binary()?).fork(upstream);
+        if let Some(b) = block {
+            anvil = anvil.fork_block_number(b);
+        }
+        let anvil = anvil
+            .try_spawn()
+            .map_err(|e| DevChainError::Anvil(format!("forking {upstream}: {e}")))?;
+        let owner = PrivateKeySigner::from(anvil.first_key().clone());
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(owner.clone()))
+            .connect_http(anvil.endpoint_url())
+            .erased();
+        let chain_id = provider.get_chain_id().await.map_err(chain_err)?;
+        let usdc = token
+            .or_else(|| builtin_usdc(chain_id).map(|(a, _, _)| a))
+            .ok_or_else(|| {
+                chain_err(format!(
+                    "chain {chain_id} has no built-in USDC: pass --fork-token with the token's address"
+                ))
+            })?;
+        let t = super::fork::read_token(&provider, chain_id, usdc).await?;
+        let balance_slot = super::fork::probe_balance_slot(&provider, usdc).await?;
+        let mut chain = DevChain {
+            anvil,
+            provider,
+            owner,
+            chain_id,
+            usdc,
+            usdc_name: t.name,
+            usdc_version: t.version,
+            usdc_decimals: t.decimals,
+            wallet_factory: Address::ZERO,
+            fork: Some(Fork {
+                upstream: upstream.to_owned(),
+                block,
+                balance_slot,
+            }),
+        };
+        chain.place_multicall3().await?;
+        chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
+        Ok(chain)
+    }
+
+    /// Gives `account` `amount` of the chain's USDC: minted on a dev chain, written into the
+    /// token's balance slot on a fork (the real token has no mint we may call).
+    pub async fn fund_usdc(&self, account: Address, amount: U256) -> Result<(), DevChainError> {
+        match &self.fork {
+            None => self.mint(self.usdc, account, amount).await,
+            Some(f) => {
+                super::fork::set_token_balance(
+                    &self.provider,
+                    self.usdc,
+                    f.balance_slot,
+                    account,
+                    amount,
+                )
+                .await
+            }
+        }
     }
 
     pub fn rpc_url(&self) -> String {
