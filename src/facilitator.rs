@@ -535,6 +535,7 @@ fn settle_failure(
         payer: payer.map(|p| p.to_checksum(None)),
         transaction: transaction.to_owned(),
         network: network.to_owned(),
+        amount: None,
     }
 }
 
@@ -564,6 +565,7 @@ fn settle_answer(version: X402Version, network: &str, p: &Payment) -> SettleResp
             payer: payer.map(|a| a.to_checksum(None)),
             transaction,
             network: network.to_owned(),
+            amount: Some(p.amount.to_string()),
         },
         PaymentState::Failed | PaymentState::Refused | PaymentState::Lost => {
             let reason = p

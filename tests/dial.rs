@@ -292,7 +292,10 @@ async fn bad_payments_get_402_with_the_reason_and_change_nothing() {
         ..usual()
     };
     for (terms, reason) in [
-        (underpaid, "invalid_exact_evm_authorization_value"),
+        (
+            underpaid,
+            "invalid_exact_evm_payload_authorization_value_mismatch",
+        ),
         (wrong_pay_to, "invalid_exact_evm_recipient_mismatch"),
         (
             expired,

@@ -313,3 +313,68 @@ async fn settle_rejects_bad_input_like_verify() {
     assert_eq!(a["network"], "eip155:84532");
     assert_eq!(a["payer"], payer.address().to_checksum(None));
 }
+
+on_both_backends!(a_fee_on_transfer_token_is_caught_by_the_transfer_event_check);
+/// A token that logs `AuthorizationUsed` but pays the payee less than was signed for must never be
+/// reported as a successful payment; the USDC payments settled beside it are, with their `amount`.
+async fn a_fee_on_transfer_token_is_caught_by_the_transfer_event_check(backend: Backend) {
+    let Some(h) = harness(backend, "").await else {
+        return;
+    };
+    let fee_payer = alloy::signers::local::PrivateKeySigner::random();
+    h.chain
+        .mint(h.fee_token, fee_payer.address(), U256::from(ONE_CENT))
+        .await
+        .unwrap();
+    let mut fee_req = h.requirement(ONE_CENT);
+    fee_req.asset = h.fee_token;
+    fee_req.extra.as_mut().unwrap().name = Some("Fee Dollar".into());
+    fee_req.extra.as_mut().unwrap().version = Some("1".into());
+    let fee_body = h.body(2, &fee_req, &h.sign(&fee_payer, &fee_req));
+    let (_, v) = h.verify(&fee_body).await;
+    assert_eq!(v["isValid"], true, "nothing shows before the transfer: {v}");
+
+    let payers = h.funded_payers(3, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let mut bodies = vec![fee_body.clone()];
+    bodies.extend(payers.iter().map(|p| h.body(2, &req, &h.sign(p, &req))));
+    let answers = join_all(bodies.iter().map(|b| h.settle(b))).await;
+
+    let (status, fee) = &answers[0];
+    assert_eq!(*status, 200, "{fee}");
+    assert_eq!(fee["success"], false, "{fee}");
+    assert_eq!(
+        fee["errorReason"], "invalid_exact_evm_transfer_event_mismatch",
+        "{fee}"
+    );
+    assert!(fee.get("amount").is_none(), "no amount on failure: {fee}");
+    let message = fee["errorMessage"].as_str().unwrap_or_default();
+    assert!(message.contains("9900"), "says what moved: {message}");
+    let hash = tx_of(fee);
+    assert!(hash.starts_with("0x"), "the transaction that ran: {fee}");
+    for (_, a) in &answers[1..] {
+        assert_eq!(a["success"], true, "{a}");
+        assert_eq!(a["amount"], ONE_CENT.to_string(), "{a}");
+    }
+
+    // On chain: the authorization was used once and the payee got 99 %.
+    assert_eq!(
+        h.chain.balance_of(h.fee_token, h.pay_to).await.unwrap(),
+        U256::from(ONE_CENT - ONE_CENT / 100)
+    );
+    assert_eq!(
+        h.chain
+            .balance_of(h.fee_token, fee_payer.address())
+            .await
+            .unwrap(),
+        U256::ZERO
+    );
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(3 * ONE_CENT));
+    let txs = assert_no_reverted_transactions(&h).await;
+
+    // Asked again: the same recorded failure and transaction; nothing is sent again.
+    let (_, again) = h.settle(&fee_body).await;
+    assert_eq!(again["errorReason"], fee["errorReason"], "{again}");
+    assert_eq!(tx_of(&again), hash);
+    assert_eq!(h.ledger().transactions(CHAIN_ID).await.unwrap().len(), txs);
+}

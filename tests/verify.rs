@@ -115,7 +115,7 @@ async fn requirement_mismatches() {
             .expect_invalid(
                 &req,
                 &p,
-                "invalid_exact_evm_authorization_value",
+                "invalid_exact_evm_payload_authorization_value_mismatch",
                 "invalid_exact_evm_payload_authorization_value",
             )
             .await;

@@ -40,6 +40,9 @@ pub mod artifacts {
     pub const TEST_USDC: &str = include_str!("../../contracts/out/TestUSDC.json");
     pub const SMART_WALLET: &str = include_str!("../../contracts/out/SmartWallet.json");
     pub const WALLET_FACTORY: &str = include_str!("../../contracts/out/WalletFactory.json");
+    /// TestUSDC keeping 1 % of every transfer: the payee gets less than was signed for.
+    pub const FEE_ON_TRANSFER_USDC: &str =
+        include_str!("../../contracts/out/FeeOnTransferUSDC.json");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -335,7 +338,20 @@ impl DevChain {
         version: &str,
         decimals: u8,
     ) -> Result<(), DevChainError> {
-        let template = self.deploy(artifacts::TEST_USDC).await?;
+        self.place_token_of(artifacts::TEST_USDC, at, name, version, decimals)
+            .await
+    }
+
+    /// [`DevChain::place_token`] for any artifact with TestUSDC's `initialize`.
+    async fn place_token_of(
+        &self,
+        artifact: &str,
+        at: Address,
+        name: &str,
+        version: &str,
+        decimals: u8,
+    ) -> Result<(), DevChainError> {
+        let template = self.deploy(artifact).await?;
         let code = self
             .provider
             .get_code_at(template)
@@ -364,6 +380,18 @@ impl DevChain {
     ) -> Result<Address, DevChainError> {
         let at = Address::random();
         self.place_token(at, name, version, decimals).await?;
+        Ok(at)
+    }
+
+    /// Deploys a fee-on-transfer EIP-3009 token (1 % kept on every transfer) at a fresh address.
+    pub async fn deploy_fee_on_transfer_token(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Address, DevChainError> {
+        let at = Address::random();
+        self.place_token_of(artifacts::FEE_ON_TRANSFER_USDC, at, name, version, 6)
+            .await?;
         Ok(at)
     }
 

@@ -510,6 +510,7 @@ impl Paywall {
                 payer: None,
                 transaction: String::new(),
                 network: String::new(),
+                amount: None,
             }),
             Err(LinkError::Unavailable(m)) => Err(m),
         }
@@ -599,6 +600,7 @@ impl Paywall {
             payer: Some(receipt.payer.clone()),
             transaction: receipt.tx_hash.clone().unwrap_or_default(),
             network: receipt.network.clone(),
+            amount: Some(receipt.amount.clone()),
         };
         match receipt.status {
             ReceiptStatus::Fulfilled | ReceiptStatus::FulfillmentFailed => {

@@ -29,6 +29,9 @@ pub enum Reason {
     Eip3009NotSupported,
     SimulationFailed,
     TransactionFailed,
+    /// Mined, but the receipt's `Transfer(from, payTo, value)` is missing or moved another amount
+    /// (a fee-on-transfer token, say): never reported as a successful payment.
+    TransferEventMismatch,
     AssetNotDeployed,
     Eip6492FactoryNotAllowed,
     SmartWalletDeploymentFailed,
@@ -57,6 +60,7 @@ impl Reason {
         Reason::Eip3009NotSupported,
         Reason::SimulationFailed,
         Reason::TransactionFailed,
+        Reason::TransferEventMismatch,
         Reason::AssetNotDeployed,
         Reason::Eip6492FactoryNotAllowed,
         Reason::SmartWalletDeploymentFailed,
@@ -81,7 +85,19 @@ impl Reason {
 
     /// The reason whose [`Reason::code`] is `code`.
     pub fn from_code(code: &str) -> Option<Reason> {
-        Reason::ALL.iter().copied().find(|r| r.code() == code)
+        Reason::ALL
+            .iter()
+            .copied()
+            .find(|r| r.code() == code)
+            .or_else(|| Reason::from_former_code(code))
+    }
+
+    /// Codes stored by earlier versions under a v2 name that has since changed.
+    fn from_former_code(code: &str) -> Option<Reason> {
+        match code {
+            "invalid_exact_evm_authorization_value" => Some(Reason::AuthorizationValueMismatch),
+            _ => None,
+        }
     }
 
     /// (v2 name, v1 name).
@@ -111,8 +127,10 @@ impl Reason {
                 "invalid_exact_evm_recipient_mismatch",
                 "invalid_exact_evm_payload_recipient_mismatch",
             ),
+            // The v2 name since the exact-amount change (older TypeScript said
+            // `invalid_exact_evm_authorization_value`; `from_code` still reads that).
             AuthorizationValueMismatch => (
-                "invalid_exact_evm_authorization_value",
+                "invalid_exact_evm_payload_authorization_value_mismatch",
                 "invalid_exact_evm_payload_authorization_value",
             ),
             ValidBeforeTooSoon => (
@@ -149,6 +167,10 @@ impl Reason {
             ),
             TransactionFailed => (
                 "invalid_exact_evm_transaction_failed",
+                "invalid_transaction_state",
+            ),
+            TransferEventMismatch => (
+                "invalid_exact_evm_transfer_event_mismatch",
                 "invalid_transaction_state",
             ),
             AssetNotDeployed => (
@@ -193,6 +215,17 @@ mod tests {
                 r.wire_name(X402Version::V1)
             );
             assert!(doc.contains(&row), "docs/reason-codes.md lacks {row}");
+        }
+    }
+
+    #[test]
+    fn codes_stored_by_earlier_versions_still_read() {
+        assert_eq!(
+            Reason::from_code("invalid_exact_evm_authorization_value"),
+            Some(Reason::AuthorizationValueMismatch)
+        );
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_code(r.code()), Some(*r));
         }
     }
 

@@ -179,6 +179,9 @@ pub struct SettleResponse {
     pub transaction: String,
     #[serde(default)]
     pub network: String,
+    /// The atomic amount settled, on success (the SDKs read it; `upto` needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
 }
 
 /// One entry of `GET /supported`.

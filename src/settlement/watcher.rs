@@ -27,23 +27,70 @@ pub(crate) struct TransferLog {
     pub value: U256,
 }
 
+/// Every `Transfer` in a receipt, with the token that logged it.
+fn all_transfers(receipt: &Receipt) -> impl Iterator<Item = (Address, TransferLog)> + '_ {
+    receipt.inner.inner.logs().iter().filter_map(|l| {
+        let e = IEip3009Token::Transfer::decode_log(&l.inner).ok()?;
+        Some((
+            l.address(),
+            TransferLog {
+                from: e.data.from,
+                to: e.data.to,
+                value: e.data.value,
+            },
+        ))
+    })
+}
+
 /// Every `Transfer` of `token` in a receipt.
 pub(crate) fn transfers(
     receipt: &Receipt,
     token: Address,
 ) -> impl Iterator<Item = TransferLog> + '_ {
-    receipt
-        .inner
-        .inner
-        .logs()
-        .iter()
-        .filter(move |l| l.address() == token)
-        .filter_map(|l| IEip3009Token::Transfer::decode_log(&l.inner).ok())
-        .map(|e| TransferLog {
-            from: e.data.from,
-            to: e.data.to,
-            value: e.data.value,
-        })
+    all_transfers(receipt)
+        .filter(move |(t, _)| *t == token)
+        .map(|(_, l)| l)
+}
+
+/// A receipt's `Transfer` logs, each matched to at most one payment: a batch may hold two
+/// payments of the same amount between the same accounts, and each needs its own log.
+struct TransferMoves(Vec<(Address, TransferLog)>);
+
+impl TransferMoves {
+    fn of(receipt: &Receipt) -> Self {
+        TransferMoves(all_transfers(receipt).collect())
+    }
+
+    /// Consumes the `Transfer(from, to, value)` of `token`, if the receipt has one left.
+    fn take(&mut self, token: Address, from: Address, to: Address, value: U256) -> bool {
+        let found = self
+            .0
+            .iter()
+            .position(|(t, l)| *t == token && l.from == from && l.to == to && l.value == value);
+        found.map(|i| self.0.swap_remove(i)).is_some()
+    }
+
+    /// What the receipt moved from the payment's payer, for the failure message.
+    fn describe(&self, p: &Payment) -> String {
+        let seen: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(t, l)| *t == p.asset && l.from == p.payer)
+            .map(|(_, l)| format!("{} to {}", l.value, l.to))
+            .collect();
+        format!(
+            "the authorization was used, but the receipt has no Transfer of {} from {} to {} \
+             (it moved {}): the token did not pay the amount signed for",
+            p.amount,
+            p.payer,
+            p.pay_to,
+            if seen.is_empty() {
+                "nothing from the payer".to_owned()
+            } else {
+                seen.join(", ")
+            }
+        )
+    }
 }
 
 /// (token, authorizer, nonce) of every `AuthorizationUsed` log in a receipt.
@@ -115,17 +162,21 @@ pub(super) async fn on_receipt(
     let no_deploys = payments.iter().all(|p| p.deploy.is_none());
     let mut settled = Vec::new();
     let mut unsettled: Vec<Payment> = Vec::new();
+    let mut mismatched: Vec<(i64, String)> = Vec::new();
+    let mut moves = TransferMoves::of(receipt);
     for p in payments {
         if p.state != PaymentState::InBatch {
             continue;
         }
-        if used.contains(&(p.asset, p.payer, p.nonce)) {
+        if !used.contains(&(p.asset, p.payer, p.nonce)) {
+            unsettled.push(p);
+        } else if moves.take(p.asset, p.payer, p.pay_to, p.amount) {
             settled.push(p.id);
         } else {
-            unsettled.push(p);
+            mismatched.push((p.id, moves.describe(&p)));
         }
     }
-    let plain = unsettled.is_empty() && no_deploys;
+    let plain = unsettled.is_empty() && mismatched.is_empty() && no_deploys;
     if mined.succeeded && plain && !settled.is_empty() {
         let per_item = mined.gas_used.saturating_sub(super::tx::TX_BASE_GAS) / settled.len() as u64;
         let mut learned = ctx
@@ -167,6 +218,23 @@ pub(super) async fn on_receipt(
     tracing::debug!(tx = %receipt.transaction_hash, settled = moved.len(), unsettled = unsettled.len(),
         gas_used = mined.gas_used, "batch mined");
     ctx.waiters.notify_all(&moved);
+    for (id, message) in mismatched {
+        // The authorization is used on chain, so there is nothing to retry: failed, never success.
+        tracing::error!(payment = id, tx = %receipt.transaction_hash, "{message}");
+        let failed = ctx
+            .ledger
+            .transition(
+                &[id],
+                &Transition::Failed {
+                    reason: crate::protocol::Reason::TransferEventMismatch
+                        .code()
+                        .to_owned(),
+                    message,
+                },
+            )
+            .await?;
+        ctx.waiters.notify_all(&failed);
+    }
     if !unsettled.is_empty() {
         let why = if mined.succeeded {
             "its transaction was mined without settling it"

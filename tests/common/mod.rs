@@ -114,6 +114,8 @@ pub struct Harness {
     pub pay_to: Address,
     /// A second EIP-3009 token, configured by the operator, that tests may pause.
     pub extra_token: Address,
+    /// A configured EIP-3009 token that keeps 1 % of every transfer ("Fee Dollar", version 1).
+    pub fee_token: Address,
     /// A configured token address with no code.
     pub ghost_token: Address,
     /// A configured "token" that is a contract without EIP-3009 (Multicall3).
@@ -152,6 +154,10 @@ impl Harness {
             .await
             .expect("anvil must start (run anvil/install.sh)");
         let extra_token = chain.deploy_token("Extra Dollar", "1", 6).await.unwrap();
+        let fee_token = chain
+            .deploy_fee_on_transfer_token("Fee Dollar", "1")
+            .await
+            .unwrap();
         let unlisted_factory = chain.deploy(artifacts::WALLET_FACTORY).await.unwrap();
         let ghost_token = Address::repeat_byte(0x61);
         let not_3009_token = x402d::chain::bindings::MULTICALL3;
@@ -186,6 +192,11 @@ impl Harness {
             [[networks.tokens]]
             address = "{extra_token}"
             name = "Extra Dollar"
+            version = "1"
+            decimals = 6
+            [[networks.tokens]]
+            address = "{fee_token}"
+            name = "Fee Dollar"
             version = "1"
             decimals = 6
             [[networks.tokens]]
@@ -233,6 +244,7 @@ impl Harness {
             http: reqwest::Client::new(),
             pay_to,
             extra_token,
+            fee_token,
             ghost_token,
             not_3009_token,
             unlisted_factory,
