@@ -13,9 +13,11 @@ use crate::config::{Config, ConfigError};
 use crate::exact::{
     self, ExactPayment, ExactPolicy, Invalid, SettlementCall, SignatureClass, VerifyError,
 };
-use crate::ledger::{Claim, Deploy, Ledger, LedgerError, NewPayment, Payment, PaymentState};
+use crate::ledger::{
+    BoundIdentifier, Claim, Deploy, Ledger, LedgerError, NewPayment, Payment, PaymentState,
+};
 use crate::protocol::wire::{SettleResponse, SupportedKind, SupportedResponse, VerifyResponse};
-use crate::protocol::{FacilitatorRequest, Reason, X402Version};
+use crate::protocol::{FacilitatorRequest, PaymentIdentifier, Reason, X402Version};
 use crate::settlement::fees::FeePolicy;
 use crate::settlement::{ChainPolicy, ChainView, Settlement, SettlementConfig};
 use crate::telemetry::{Metrics, NetworkMetrics, UNSERVED_NETWORK};
@@ -35,6 +37,11 @@ pub enum FacilitatorError {
         "every gas wallet on {network} is out of ETH: the payment is queued and settles once a wallet is funded; retry with the same payload"
     )]
     GasWalletsDry { network: String },
+    /// The client's payment-identifier was first used with another payload (answered 409).
+    #[error(
+        "payment-identifier {id:?} was already used with a different payload for this payTo and network"
+    )]
+    PaymentIdentifierConflict { id: String },
 }
 
 impl From<VerifyError> for Result<Invalid, FacilitatorError> {
@@ -196,8 +203,58 @@ impl Facilitator {
             .unwrap_or_default()
     }
 
-    /// Verifies a payment. An invalid payment is an `Ok` answer with `isValid: false`.
+    /// Verifies a payment. An invalid payment is an `Ok` answer with `isValid: false`. With a
+    /// payment-identifier, the same id and payload answer the recorded valid answer (a settled
+    /// payment stays "valid" for the client retrying its verify); another payload is a conflict.
+    /// Only valid answers are kept: a payer who tops up after a refusal is judged afresh.
     pub async fn verify(
+        &self,
+        request: &FacilitatorRequest,
+    ) -> Result<VerifyResponse, FacilitatorError> {
+        let Some(pid) = &request.payment_identifier else {
+            return self.verify_now(request).await;
+        };
+        let scope = identifier_scope(request);
+        let bound = self
+            .bind_identifier(&scope, pid)
+            .await
+            .inspect_err(|e| self.count_ledger_error(e))?;
+        if let Some(kept) = kept_answer(&bound) {
+            return Ok(kept);
+        }
+        let answer = self.verify_now(request).await?;
+        if !answer.is_valid {
+            return Ok(answer);
+        }
+        let Ok(json) = serde_json::to_string(&answer) else {
+            return Ok(answer);
+        };
+        let bound = self
+            .ledger
+            .keep_verify_answer(&scope, &pid.id, pid.payload_digest, &json)
+            .await
+            .map_err(FacilitatorError::from)
+            .inspect_err(|e| self.count_ledger_error(e))?;
+        Ok(kept_answer(&bound).unwrap_or(answer))
+    }
+
+    /// Binds the request's payment-identifier to its payload, or reports the conflict.
+    async fn bind_identifier(
+        &self,
+        scope: &str,
+        pid: &PaymentIdentifier,
+    ) -> Result<BoundIdentifier, FacilitatorError> {
+        let bound = self
+            .ledger
+            .bind_identifier(scope, &pid.id, pid.payload_digest)
+            .await?;
+        if bound.payload_digest != pid.payload_digest {
+            return Err(FacilitatorError::PaymentIdentifierConflict { id: pid.id.clone() });
+        }
+        Ok(bound)
+    }
+
+    async fn verify_now(
         &self,
         request: &FacilitatorRequest,
     ) -> Result<VerifyResponse, FacilitatorError> {
@@ -262,6 +319,13 @@ impl Facilitator {
         raw_request: &[u8],
     ) -> Result<SettleResponse, FacilitatorError> {
         let started = Instant::now();
+        if let Some(pid) = &request.payment_identifier {
+            // The same id and payload go on to the recorded outcome (settling is idempotent per
+            // authorization); another payload under the id is refused before anything happens.
+            self.bind_identifier(&identifier_scope(request), pid)
+                .await
+                .inspect_err(|e| self.count_ledger_error(e))?;
+        }
         let (answer, outcome) = match self.settle_inner(request, raw_request).await {
             Ok((answer, outcome)) => (Ok(answer), outcome),
             Err(e) => {
@@ -469,10 +533,26 @@ impl Facilitator {
         let signers = self.signers.iter().map(|a| a.to_checksum(None)).collect();
         SupportedResponse {
             kinds,
-            extensions: Vec::new(),
+            extensions: vec!["payment-identifier".to_owned()],
             signers: BTreeMap::from([("eip155:*".to_owned(), signers)]),
         }
     }
+}
+
+/// One merchant's namespace of payment identifiers: the network and payTo the request names.
+fn identifier_scope(request: &FacilitatorRequest) -> String {
+    format!(
+        "{}|{}",
+        request.requirements.network, request.requirements.pay_to
+    )
+}
+
+/// The kept `/verify` answer of a binding, if one was kept.
+fn kept_answer(bound: &BoundIdentifier) -> Option<VerifyResponse> {
+    bound
+        .verify_answer
+        .as_deref()
+        .and_then(|a| serde_json::from_str(a).ok())
 }
 
 /// The outcome label of a 5xx answer.
@@ -482,6 +562,7 @@ fn error_outcome(e: &FacilitatorError) -> &'static str {
         FacilitatorError::Ledger(_) => "ledger_unavailable",
         FacilitatorError::SettlementUnavailable => "settlement_unavailable",
         FacilitatorError::GasWalletsDry { .. } => "gas_wallets_dry",
+        FacilitatorError::PaymentIdentifierConflict { .. } => "payment_identifier_conflict",
     }
 }
 

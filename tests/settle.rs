@@ -378,3 +378,101 @@ async fn a_fee_on_transfer_token_is_caught_by_the_transfer_event_check(backend: 
     assert_eq!(tx_of(&again), hash);
     assert_eq!(h.ledger().transactions(CHAIN_ID).await.unwrap().len(), txs);
 }
+
+/// `body` with `extensions["payment-identifier"].info.id = id` in its payment payload.
+fn with_identifier(mut body: Value, id: &str) -> Value {
+    body["paymentPayload"]["extensions"] =
+        serde_json::json!({"payment-identifier": {"info": {"id": id}}});
+    body
+}
+
+on_both_backends!(a_payment_identifier_answers_its_recorded_outcome_and_refuses_another_payload);
+async fn a_payment_identifier_answers_its_recorded_outcome_and_refuses_another_payload(
+    backend: Backend,
+) {
+    let Some(h) = harness(backend, "").await else {
+        return;
+    };
+    let supported: Value = h
+        .http
+        .get(format!("{}/supported", h.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        supported["extensions"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x == "payment-identifier")),
+        "{supported}"
+    );
+    let payers = h.funded_payers(2, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let id = "order_2026-12-01_0001";
+    let first = with_identifier(h.body(2, &req, &h.sign(&payers[0], &req)), id);
+    let (_, v) = h.verify(&first).await;
+    assert_eq!(v["isValid"], true, "{v}");
+    let (status, settled) = h.settle(&first).await;
+    assert_eq!(status, 200, "{settled}");
+    assert_eq!(settled["success"], true, "{settled}");
+
+    // Retried with the id: the recorded answers (without it, verify now sees a used nonce).
+    let (_, v) = h.verify(&first).await;
+    assert_eq!(v["isValid"], true, "the recorded verify answer: {v}");
+    let mut plain = first.clone();
+    plain["paymentPayload"]
+        .as_object_mut()
+        .unwrap()
+        .remove("extensions");
+    let (_, v) = h.verify(&plain).await;
+    assert_eq!(v["isValid"], false, "{v}");
+    // The same payload re-encoded (other key order and spacing) is the same payload.
+    let reencoded = serde_json::to_string_pretty(&first).unwrap();
+    let (status, again) = h.post("/settle", reencoded).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["transaction"], settled["transaction"], "{again}");
+
+    // The same id with another payment: 409 on both routes, and nothing is settled.
+    let other = with_identifier(h.body(2, &req, &h.sign(&payers[1], &req)), id);
+    for route in ["/verify", "/settle"] {
+        let (status, answer) = h.post(route, serde_json::to_vec(&other).unwrap()).await;
+        assert_eq!(status, 409, "{route}: {answer}");
+        assert_eq!(answer["error"], "payment_identifier_conflict", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap_or_default().contains(id),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        h.usdc_balance(payers[1].address()).await,
+        U256::from(ONE_CENT)
+    );
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(ONE_CENT));
+
+    // Another merchant (payTo) has its own ids.
+    let mut elsewhere = h.requirement(ONE_CENT);
+    elsewhere.pay_to = Address::random();
+    let theirs = with_identifier(h.body(2, &elsewhere, &h.sign(&payers[1], &elsewhere)), id);
+    let (status, v) = h.verify(&theirs).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["isValid"], true, "{v}");
+
+    // Malformed ids are the client's mistake: 400 with a reason.
+    for bad in [
+        "short",
+        "has space in it 0123456789",
+        "ünïcödé-ünïcödé-ünïcödé",
+    ] {
+        let (status, answer) = h.verify(&with_identifier(plain.clone(), bad)).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("payment-identifier"),
+            "{answer}"
+        );
+    }
+}

@@ -102,6 +102,11 @@ impl From<FacilitatorError> for ApiError {
                 "gas_wallets_dry",
                 e.to_string(),
             ),
+            e @ FacilitatorError::PaymentIdentifierConflict { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "payment_identifier_conflict",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Rows are typed ([`rows`]); a payment's state moves only through [`Ledger::transition`] and the
 //! writes in [`writes`] built on it, compare-and-set, each with a history event.
 
+mod identifiers;
 mod rows;
 pub mod state;
 mod writes;
@@ -16,6 +17,7 @@ use alloy::primitives::{Address, B256};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 pub use crate::clock::now_ms;
+pub use identifiers::BoundIdentifier;
 pub use rows::{Deploy, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus};
 use rows::{PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, payment_of, transaction_of, u64_of};
 pub use state::{Inclusion, PaymentState, Transition};
@@ -75,7 +77,7 @@ impl MigrationStatus {
     }
 }
 
-/// The ledger's tables (payments, batches, transactions), its own migrations.
+/// The ledger's tables (payments, batches, transactions, payment identifiers), its own migrations.
 static MIGRATIONS: crate::storage::Migrations = crate::storage::Migrations {
     sqlite: sqlx::migrate!("migrations/ledger/sqlite"),
     postgres: sqlx::migrate!("migrations/ledger/postgres"),

@@ -189,7 +189,7 @@ pub(super) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn parsed<T: FromStr>(row: &AnyRow, col: &str) -> Result<T, LedgerError> {
+pub(super) fn parsed<T: FromStr>(row: &AnyRow, col: &str) -> Result<T, LedgerError> {
     let s: String = row.try_get(col)?;
     s.parse()
         .map_err(|_| LedgerError::Corrupt(format!("{col} {s:?}")))

@@ -13,5 +13,6 @@ pub use codec::{HeaderDecodeError, decode_header, encode_header};
 pub use primitives::{AtomicAmount, ChainId, X402Version};
 pub use reason::Reason;
 pub use request::{
-    BadRequest, FacilitatorRequest, PaymentBody, Requirements, parse_facilitator_request,
+    BadRequest, FacilitatorRequest, PaymentBody, PaymentIdentifier, Requirements,
+    parse_facilitator_request,
 };

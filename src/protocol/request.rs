@@ -1,7 +1,7 @@
 //! The edge: a `/verify` or `/settle` body parsed once into a typed request, or a 400 naming the
 //! problem.
 
-use alloy::primitives::Address;
+use alloy::primitives::{Address, B256, keccak256};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -91,8 +91,19 @@ pub struct FacilitatorRequest {
     pub payload_network: String,
     pub requirements: Requirements,
     pub body: PaymentBody,
-    /// `extensions["payment-identifier"].info.id`, when the client sent one.
-    pub payment_identifier: Option<String>,
+    /// `extensions["payment-identifier"]`, when the client sent one.
+    pub payment_identifier: Option<PaymentIdentifier>,
+}
+
+/// A client's id for one payment (`extensions["payment-identifier"].info.id`), with the digest of
+/// the payload that carried it: the same id with another payload is a conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentIdentifier {
+    /// 16–128 characters of `[A-Za-z0-9_-]`.
+    pub id: String,
+    /// keccak256 of the payload as canonical JSON (keys sorted, no spaces), so a re-encoding of
+    /// the same payload is the same payload.
+    pub payload_digest: B256,
 }
 
 #[derive(Deserialize)]
@@ -180,7 +191,13 @@ fn parse_v2(payload: &RawValue, requirements: &RawValue) -> Result<FacilitatorRe
         "paymentRequirements",
     )?;
     let body = parse_body(&p.accepted.scheme, &p.payload)?;
-    let payment_identifier = payment_identifier(p.extensions.as_ref())?;
+    let payment_identifier = match payment_identifier(p.extensions.as_ref())? {
+        None => None,
+        Some(id) => Some(PaymentIdentifier {
+            id,
+            payload_digest: canonical_digest(payload)?,
+        }),
+    };
     Ok(FacilitatorRequest {
         version: X402Version::V2,
         payload_scheme: p.accepted.scheme,
@@ -250,6 +267,13 @@ fn payment_identifier(
             "extensions.payment-identifier.info.id must be 16-128 characters of [A-Za-z0-9_-]",
         )),
     }
+}
+
+/// keccak256 of `raw` re-encoded as canonical JSON (serde_json's map is sorted by key).
+fn canonical_digest(raw: &RawValue) -> Result<B256, BadRequest> {
+    let value: serde_json::Value = serde_json::from_str(raw.get())
+        .map_err(|e| BadRequest::new("invalid_payload", format!("paymentPayload: {e}")))?;
+    Ok(keccak256(value.to_string()))
 }
 
 /// Deserialises `raw` into `T`, naming the failing field path in the error.
