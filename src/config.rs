@@ -388,6 +388,13 @@ pub struct TokenConfig {
     pub decimals: u8,
     #[serde(default)]
     pub symbol: Option<String>,
+    /// Smallest payment accepted, in atomic units, so nobody settles dust at the operator's gas
+    /// expense. Default: a tenth of a cent of a dollar token (`10^decimals / 1000`; USDC: 1000).
+    #[serde(default)]
+    pub min_amount: Option<crate::protocol::AtomicAmount>,
+    /// Largest payment accepted, in atomic units (default: no limit).
+    #[serde(default)]
+    pub max_amount: Option<crate::protocol::AtomicAmount>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -399,6 +406,14 @@ pub struct ExactConfig {
     /// `validBefore` must be at least this far in the future (block-time buffer).
     #[serde(default = "default_valid_before_buffer")]
     pub valid_before_buffer_seconds: u64,
+    /// `validBefore` at most this far in the future: an authorization that never expires would
+    /// hold its key in the ledger and the in-memory index for ever. Default: one day.
+    #[serde(default = "default_max_valid_before")]
+    pub max_valid_before_seconds: u64,
+    /// Only these `payTo` addresses are settled for (empty: any), for operators who serve known
+    /// merchants only.
+    #[serde(default, deserialize_with = "deserialize_addresses")]
+    pub pay_to_allowlist: Vec<Address>,
 }
 
 impl Default for ExactConfig {
@@ -406,8 +421,14 @@ impl Default for ExactConfig {
         ExactConfig {
             eip6492_factories: Vec::new(),
             valid_before_buffer_seconds: default_valid_before_buffer(),
+            max_valid_before_seconds: default_max_valid_before(),
+            pay_to_allowlist: Vec::new(),
         }
     }
+}
+
+fn default_max_valid_before() -> u64 {
+    86_400
 }
 
 fn default_valid_before_buffer() -> u64 {

@@ -149,6 +149,8 @@ impl Facilitator {
             policy: ExactPolicy {
                 valid_before_buffer_seconds: config.exact.valid_before_buffer_seconds,
                 eip6492_factories: config.exact.eip6492_factories.clone(),
+                max_valid_before_seconds: config.exact.max_valid_before_seconds,
+                pay_to_allowlist: config.exact.pay_to_allowlist.clone(),
             },
             signers: signers.iter().map(|s| s.address()).collect(),
             ledger,

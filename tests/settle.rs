@@ -476,3 +476,94 @@ async fn a_payment_identifier_answers_its_recorded_outcome_and_refuses_another_p
         );
     }
 }
+
+on_both_backends!(dust_far_expiry_foreign_payees_and_bad_payloads_cost_no_gas);
+/// Guards against draining the operator's gas: dust, authorizations that would be held for ever,
+/// payees the operator does not serve, amounts over the token's cap, and a stream of payloads that
+/// fail simulation are all refused before anything is signed; a proper payment still settles.
+async fn dust_far_expiry_foreign_payees_and_bad_payloads_cost_no_gas(backend: Backend) {
+    use alloy::providers::Provider;
+    let usdc = x402d::chain::builtin_usdc(CHAIN_ID).unwrap();
+    let Some(h) = Harness::start_with(HarnessOptions {
+        backend,
+        exact: "pay_to_allowlist = [\"{pay_to}\"]".into(),
+        tokens: format!(
+            "[[networks.tokens]]\naddress = \"{}\"\nname = \"{}\"\nversion = \"2\"\ndecimals = 6\nmax_amount = \"1000000\"\n",
+            usdc.0, usdc.1
+        ),
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let gas = h.gas_key.address();
+    let gas_before = h.chain.provider().get_balance(gas).await.unwrap();
+    let payer = h.funded_payer(5_000_000).await;
+    let expect = |answer: &Value, reason: &str| {
+        assert_eq!(answer["success"], false, "{answer}");
+        assert_eq!(answer["errorReason"], reason, "{answer}");
+        assert_eq!(answer["transaction"], "", "{answer}");
+    };
+
+    let dust = h.requirement(1);
+    expect(
+        &h.settle(&h.body(2, &dust, &h.sign(&payer, &dust))).await.1,
+        "amount_below_minimum",
+    );
+    let over = h.requirement(2_000_000);
+    expect(
+        &h.settle(&h.body(2, &over, &h.sign(&payer, &over))).await.1,
+        "amount_above_maximum",
+    );
+    let req = h.requirement(ONE_CENT);
+    let mut far = x402d::client::AuthorizationTerms::for_requirement(
+        req.pay_to,
+        req.amount,
+        req.max_timeout_seconds,
+        now(),
+    );
+    far.valid_before = now() + 2 * 86_400;
+    expect(
+        &h.settle(&h.body(2, &req, &h.sign_terms(&payer, &req, &far)))
+            .await
+            .1,
+        "invalid_exact_evm_payload_authorization_valid_before_too_far",
+    );
+    let mut foreign = h.requirement(ONE_CENT);
+    foreign.pay_to = Address::random();
+    expect(
+        &h.settle(&h.body(2, &foreign, &h.sign(&payer, &foreign)))
+            .await
+            .1,
+        "pay_to_not_allowed",
+    );
+
+    // 200 payloads that fail simulation (unfunded payers), all at once: refused, nothing sent.
+    let broke: Vec<_> = (0..200)
+        .map(|_| alloy::signers::local::PrivateKeySigner::random())
+        .collect();
+    let bodies: Vec<Value> = broke
+        .iter()
+        .map(|p| h.body(2, &req, &h.sign(p, &req)))
+        .collect();
+    let answers = join_all(bodies.iter().map(|b| h.settle(b))).await;
+    for (status, a) in &answers {
+        assert_eq!(*status, 200, "{a}");
+        expect(a, "invalid_exact_evm_insufficient_balance");
+    }
+    assert!(h.ledger().transactions(CHAIN_ID).await.unwrap().is_empty());
+    assert_eq!(
+        h.chain.provider().get_transaction_count(gas).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        h.chain.provider().get_balance(gas).await.unwrap(),
+        gas_before
+    );
+
+    // The guards let a proper payment through.
+    let (_, ok) = h.settle(&h.body(2, &req, &h.sign(&payer, &req))).await;
+    assert_eq!(ok["success"], true, "{ok}");
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(ONE_CENT));
+}

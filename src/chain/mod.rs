@@ -72,6 +72,10 @@ pub struct Token {
     pub symbol: String,
     pub domain: Eip712Domain,
     pub domain_separator: B256,
+    /// Payments below this are refused (dust costs the operator more gas than it pays).
+    pub min_amount: alloy::primitives::U256,
+    /// Payments above this are refused, when set.
+    pub max_amount: Option<alloy::primitives::U256>,
     /// Set once the token was seen to have code: an `eth_call` to an empty account "succeeds", so
     /// we must know the token is deployed before trusting a simulation.
     deployed: AtomicBool,
@@ -94,6 +98,15 @@ impl Token {
             symbol: t.symbol.clone().unwrap_or_else(|| t.name.clone()),
             domain_separator: domain.separator(),
             domain,
+            min_amount: t.min_amount.map_or_else(
+                || {
+                    alloy::primitives::U256::from(10u64)
+                        .pow(alloy::primitives::U256::from(t.decimals))
+                        / alloy::primitives::U256::from(1000u64)
+                },
+                |a| a.0,
+            ),
+            max_amount: t.max_amount.map(|a| a.0),
             deployed: AtomicBool::new(false),
         }
     }
@@ -197,6 +210,8 @@ fn network_from_config(n: &NetworkConfig) -> Result<Network, RpcError> {
             version: "2".to_owned(),
             decimals: 6,
             symbol: Some("USDC".to_owned()),
+            min_amount: None,
+            max_amount: None,
         });
     }
     for t in &n.tokens {

@@ -21,6 +21,10 @@ pub struct ExactPolicy {
     pub valid_before_buffer_seconds: u64,
     /// ERC-6492 factories we accept; empty refuses counterfactual wallets.
     pub eip6492_factories: Vec<Address>,
+    /// `validBefore` must be at most this many seconds after now.
+    pub max_valid_before_seconds: u64,
+    /// `payTo` addresses we settle for; empty: any.
+    pub pay_to_allowlist: Vec<Address>,
 }
 
 /// A refusal: the reason code and a message for people.
@@ -187,6 +191,32 @@ pub fn check_static<'a>(
             ),
         ));
     }
+    if !policy.pay_to_allowlist.is_empty() && !policy.pay_to_allowlist.contains(&req.pay_to) {
+        return Err(Invalid::new(
+            Reason::PayToNotAllowed,
+            format!("this facilitator does not settle for payTo {}", req.pay_to),
+        ));
+    }
+    if req.amount.0 < token.min_amount {
+        return Err(Invalid::new(
+            Reason::AmountBelowMinimum,
+            format!(
+                "amount {} is below this facilitator's minimum of {} for {}",
+                req.amount, token.min_amount, token.symbol
+            ),
+        ));
+    }
+    if let Some(max) = token.max_amount
+        && req.amount.0 > max
+    {
+        return Err(Invalid::new(
+            Reason::AmountAboveMaximum,
+            format!(
+                "amount {} is above this facilitator's maximum of {max} for {}",
+                req.amount, token.symbol
+            ),
+        ));
+    }
     let earliest_valid_before = U256::from(now.saturating_add(policy.valid_before_buffer_seconds));
     if auth.valid_before < earliest_valid_before {
         return Err(Invalid::new(
@@ -194,6 +224,17 @@ pub fn check_static<'a>(
             format!(
                 "validBefore {} is before now + {} s",
                 auth.valid_before, policy.valid_before_buffer_seconds
+            ),
+        ));
+    }
+    let latest_valid_before = U256::from(now.saturating_add(policy.max_valid_before_seconds));
+    if auth.valid_before > latest_valid_before {
+        return Err(Invalid::new(
+            Reason::ValidBeforeTooFar,
+            format!(
+                "validBefore {} is more than {} s from now: this facilitator holds authorizations \
+                 for at most that long",
+                auth.valid_before, policy.max_valid_before_seconds
             ),
         ));
     }

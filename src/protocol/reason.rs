@@ -21,7 +21,15 @@ pub enum Reason {
     RecipientMismatch,
     AuthorizationValueMismatch,
     ValidBeforeTooSoon,
+    /// `validBefore` beyond the facilitator's horizon (it would hold the key for too long).
+    ValidBeforeTooFar,
     ValidAfterInFuture,
+    /// Below the token's minimum payment (dust).
+    AmountBelowMinimum,
+    /// Above the token's maximum payment.
+    AmountAboveMaximum,
+    /// `payTo` outside the facilitator's allowlist.
+    PayToNotAllowed,
     InvalidSignature,
     UndeployedSmartWallet,
     NonceAlreadyUsed,
@@ -52,7 +60,11 @@ impl Reason {
         Reason::RecipientMismatch,
         Reason::AuthorizationValueMismatch,
         Reason::ValidBeforeTooSoon,
+        Reason::ValidBeforeTooFar,
         Reason::ValidAfterInFuture,
+        Reason::AmountBelowMinimum,
+        Reason::AmountAboveMaximum,
+        Reason::PayToNotAllowed,
         Reason::InvalidSignature,
         Reason::UndeployedSmartWallet,
         Reason::NonceAlreadyUsed,
@@ -137,6 +149,13 @@ impl Reason {
                 "invalid_exact_evm_payload_authorization_valid_before",
                 "invalid_exact_evm_payload_authorization_valid_before",
             ),
+            ValidBeforeTooFar => (
+                "invalid_exact_evm_payload_authorization_valid_before_too_far",
+                "invalid_exact_evm_payload_authorization_valid_before",
+            ),
+            AmountBelowMinimum => ("amount_below_minimum", "invalid_payment_requirements"),
+            AmountAboveMaximum => ("amount_above_maximum", "invalid_payment_requirements"),
+            PayToNotAllowed => ("pay_to_not_allowed", "invalid_payment_requirements"),
             ValidAfterInFuture => (
                 "invalid_exact_evm_payload_authorization_valid_after",
                 "invalid_exact_evm_payload_authorization_valid_after",

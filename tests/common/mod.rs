@@ -84,6 +84,10 @@ pub struct HarnessOptions {
     pub gas_wallets: usize,
     /// Keys of the served network's `[networks.fees]` table.
     pub fees: String,
+    /// Extra `[exact]` keys; `{pay_to}` stands for the harness's payee.
+    pub exact: String,
+    /// Extra `[[networks.tokens]]` tables of the served network.
+    pub tokens: String,
 }
 
 impl Default for HarnessOptions {
@@ -96,6 +100,8 @@ impl Default for HarnessOptions {
             dial: None,
             gas_wallets: 1,
             fees: String::new(),
+            exact: String::new(),
+            tokens: String::new(),
         }
     }
 }
@@ -209,10 +215,12 @@ impl Harness {
             name = "Not3009"
             version = "1"
             decimals = 6
+            {tokens}
             [networks.fees]
             {fees}
             [exact]
             eip6492_factories = ["{factory}"]
+            {exact}
             [gas_wallets]
             private_keys = [{key_refs}]
             [ledger]
@@ -225,6 +233,8 @@ impl Harness {
             factory = chain.wallet_factory,
             settlement = opts.settlement,
             fees = opts.fees,
+            tokens = opts.tokens,
+            exact = opts.exact.replace("{pay_to}", &pay_to.to_string()),
         );
         let env = gas_env(&gas_keys);
         let config = Config::from_toml(&text, &env).unwrap();
