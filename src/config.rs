@@ -75,6 +75,9 @@ pub struct DialConfig {
     /// A facilitator to use over HTTP instead of this process's own (any x402 facilitator).
     #[serde(default)]
     pub facilitator_url: Option<String>,
+    /// The API key sent to `facilitator_url` as a bearer token (`$VAR` keeps it out of the file).
+    #[serde(default)]
+    pub facilitator_api_key: Option<crate::config::Secret>,
     /// The public base URL of the merchant (`https://dial.example.com`), required: resource URLs
     /// are built from it and SIWE messages must name its authority as their domain and it as their
     /// URI. Never taken from a request's `Host` (a relaying site could sign victims in).
@@ -293,6 +296,10 @@ pub struct ServerConfig {
     /// Largest request body accepted; larger ones are answered 413.
     #[serde(default = "default_body_limit")]
     pub body_limit_bytes: usize,
+    /// Serve `/verify` and `/settle` to callers without an API key. Must be said: a node that is
+    /// not public and has no key refuses to start (an open facilitator pays anyone's gas).
+    #[serde(default)]
+    pub public: bool,
 }
 
 impl Default for ServerConfig {
@@ -300,6 +307,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             body_limit_bytes: default_body_limit(),
+            public: false,
         }
     }
 }

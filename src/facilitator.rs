@@ -1,8 +1,9 @@
 //! The verify and settle use cases: the one place that decides an answer.
 
+pub mod access;
 pub mod ops;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use crate::exact::{
     self, ExactPayment, ExactPolicy, Invalid, SettlementCall, SignatureClass, VerifyError,
 };
 use crate::ledger::{
-    BoundIdentifier, Claim, Deploy, Ledger, LedgerError, NewPayment, Payment, PaymentState,
+    ApiKeyRecord, BoundIdentifier, Claim, Deploy, Ledger, LedgerError, NewPayment, Payment,
+    PaymentState,
 };
 use crate::protocol::wire::{SettleResponse, SupportedKind, SupportedResponse, VerifyResponse};
 use crate::protocol::{FacilitatorRequest, PaymentIdentifier, Reason, X402Version};
@@ -37,6 +39,9 @@ pub enum FacilitatorError {
         "every gas wallet on {network} is out of ETH: the payment is queued and settles once a wallet is funded; retry with the same payload"
     )]
     GasWalletsDry { network: String },
+    /// The caller's API key is missing, wrong, or does not allow this payment.
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
     /// The client's payment-identifier was first used with another payload (answered 409).
     #[error(
         "payment-identifier {id:?} was already used with a different payload for this payTo and network"
@@ -62,6 +67,11 @@ pub enum BuildError {
     Rpc(#[from] RpcError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(
+        "no API key exists and server.public is not set: create a key with `x402d keys create`, \
+         or set server.public = true to serve anyone"
+    )]
+    NotPublicWithoutKeys,
 }
 
 /// The facilitator: served chains, scheme policy, the ledger and the settlement engine.
@@ -79,6 +89,10 @@ pub struct Facilitator {
     /// For requests naming a network we do not serve.
     unserved_metrics: NetworkMetrics,
     ops: ops::OpsState,
+    access: access::Access,
+    /// Held by a key's settlement from its budget check to its claim, so two at once cannot both
+    /// fit under the same remaining budget (one node; cluster mode needs the database to decide).
+    budget_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Facilitator {
@@ -103,6 +117,9 @@ impl Facilitator {
             .collect();
         let unserved_metrics = metrics.network(UNSERVED_NETWORK);
         let ledger = Ledger::connect(&config.ledger.url.0).await?;
+        if !config.server.public && !ledger.has_active_api_key().await? {
+            return Err(BuildError::NotPublicWithoutKeys);
+        }
         let s = &config.settlement;
         let engine_config = SettlementConfig {
             confirmations: s.confirmations,
@@ -160,6 +177,8 @@ impl Facilitator {
             network_metrics,
             unserved_metrics,
             ops: ops::OpsState::default(),
+            access: access::Access::new(config.server.public),
+            budget_locks: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -313,12 +332,45 @@ impl Facilitator {
             .map(|_| ())
     }
 
-    /// Settles a payment: claims its key, queues it for the next batch, and waits for the outcome.
-    /// The same payload again joins the first one's outcome; nothing is broadcast twice.
+    /// Who is calling: the API key in an `Authorization` header value (checked against the
+    /// request's `payTo`), or `None` for an anonymous caller of a public node.
+    pub async fn authorize(
+        &self,
+        authorization: Option<&[u8]>,
+        request: &FacilitatorRequest,
+    ) -> Result<Option<ApiKeyRecord>, FacilitatorError> {
+        let key = self
+            .access
+            .caller(&self.ledger, authorization)
+            .await
+            .inspect_err(|e| {
+                if let access::AccessError::Ledger(_) = e {
+                    self.metrics.ledger_errors.inc();
+                }
+            })?;
+        if let Some(k) = &key {
+            access::check_pay_to(k, request.requirements.pay_to)?;
+        }
+        Ok(key)
+    }
+
+    /// Settles a payment for this process's own merchant (no API key).
     pub async fn settle(
         &self,
         request: &FacilitatorRequest,
         raw_request: &[u8],
+    ) -> Result<SettleResponse, FacilitatorError> {
+        self.settle_as(request, raw_request, None).await
+    }
+
+    /// Settles a payment: claims its key, queues it for the next batch, and waits for the outcome.
+    /// The same payload again joins the first one's outcome; nothing is broadcast twice. A new
+    /// payment by an API key must fit in the key's daily budget.
+    pub async fn settle_as(
+        &self,
+        request: &FacilitatorRequest,
+        raw_request: &[u8],
+        key: Option<&ApiKeyRecord>,
     ) -> Result<SettleResponse, FacilitatorError> {
         let started = Instant::now();
         if let Some(pid) = &request.payment_identifier {
@@ -328,7 +380,7 @@ impl Facilitator {
                 .await
                 .inspect_err(|e| self.count_ledger_error(e))?;
         }
-        let (answer, outcome) = match self.settle_inner(request, raw_request).await {
+        let (answer, outcome) = match self.settle_inner(request, raw_request, key).await {
             Ok((answer, outcome)) => (Ok(answer), outcome),
             Err(e) => {
                 self.count_ledger_error(&e);
@@ -345,6 +397,7 @@ impl Facilitator {
         &self,
         request: &FacilitatorRequest,
         raw_request: &[u8],
+        key: Option<&ApiKeyRecord>,
     ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
         let payer = exact::payer_of(request);
         let payment = match exact::check_static(&self.chains, request, &self.policy, unix_now()) {
@@ -398,7 +451,19 @@ impl Facilitator {
                 .deploy
                 .map(|(factory, calldata)| Deploy { factory, calldata }),
             transfer_calldata: call.transfer,
+            api_key: key.map(|k| k.id.clone()),
         };
+        let budget_lock = match key {
+            Some(k) if k.daily_amount.is_some() => Some(self.budget_lock(&k.id)),
+            _ => None,
+        };
+        let _held = match &budget_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        if let Some(k) = key {
+            access::check_budget(&self.ledger, k, new.amount).await?;
+        }
         // A refused payment does not hold its key: this submission takes it over, afresh.
         let id = match existing {
             Some(refused) => {
@@ -421,8 +486,15 @@ impl Facilitator {
                 }
             },
         };
+        // Claimed: the budget counts it now, so the next payment of the key may be judged.
+        drop(_held);
         settlement.wake(chain_id);
         self.wait_for(settlement, request, &network, id).await
+    }
+
+    fn budget_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.budget_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(key.to_owned()).or_default().clone()
     }
 
     /// Waits for a payment's outcome; with every gas wallet of its chain dry, answers at once (503).
@@ -565,6 +637,7 @@ fn error_outcome(e: &FacilitatorError) -> &'static str {
         FacilitatorError::SettlementUnavailable => "settlement_unavailable",
         FacilitatorError::GasWalletsDry { .. } => "gas_wallets_dry",
         FacilitatorError::PaymentIdentifierConflict { .. } => "payment_identifier_conflict",
+        FacilitatorError::Access(_) => "access_denied",
     }
 }
 

@@ -109,10 +109,47 @@ enum Command {
         #[arg(long, short, default_value = "x402d.toml")]
         config: PathBuf,
     },
+    /// Manage the API keys of `/verify` and `/settle` (stored hashed in the ledger).
+    Keys {
+        #[command(subcommand)]
+        what: KeysCommand,
+    },
     /// Check a config file and print what it serves.
     CheckConfig {
         #[arg(long, short, default_value = "x402d.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it: this is the only time its text is shown.
+    Create {
+        #[arg(long, short, default_value = "x402d.toml")]
+        config: PathBuf,
+        /// Who the key is for (shown by `list`).
+        #[arg(long)]
+        name: String,
+        /// A payTo address the key may settle for (repeatable; none: any).
+        #[arg(long = "pay-to", value_name = "ADDRESS")]
+        pay_to: Vec<alloy::primitives::Address>,
+        /// Requests per minute for this key.
+        #[arg(long)]
+        per_minute: Option<u32>,
+        /// Atomic amount the key may settle per rolling 24 hours.
+        #[arg(long, value_name = "ATOMIC")]
+        daily_amount: Option<alloy::primitives::U256>,
+    },
+    /// List keys (ids, names, limits; never secrets).
+    List {
+        #[arg(long, short, default_value = "x402d.toml")]
+        config: PathBuf,
+    },
+    /// Revoke a key by its id (takes effect within seconds on every node).
+    Revoke {
+        #[arg(long, short, default_value = "x402d.toml")]
+        config: PathBuf,
+        id: String,
     },
 }
 
@@ -360,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("dial migrations applied");
             }
         }
+        Command::Keys { what } => keys(what).await?,
         Command::CheckConfig { config } => {
             let config = x402d::config::Config::load(&config)?;
             let chains = x402d::chain::Chains::from_config(&config)?;
@@ -371,6 +409,71 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+async fn keys(what: KeysCommand) -> anyhow::Result<()> {
+    let ledger_of = |config: &std::path::Path| -> anyhow::Result<String> {
+        Ok(x402d::config::Config::load(config)?.ledger.url.0)
+    };
+    match what {
+        KeysCommand::Create {
+            config,
+            name,
+            pay_to,
+            per_minute,
+            daily_amount,
+        } => {
+            let ledger = x402d::ledger::Ledger::connect(&ledger_of(&config)?).await?;
+            let key = x402d::facilitator::access::new_key(
+                &name,
+                x402d::facilitator::access::KeyLimits {
+                    pay_to_allowlist: pay_to,
+                    per_minute,
+                    daily_amount,
+                },
+            );
+            ledger.insert_api_key(&key.record).await?;
+            eprintln!(
+                "created key {} for {name:?}; keep it now, it is not shown again:",
+                key.record.id
+            );
+            println!("{}", key.text);
+        }
+        KeysCommand::List { config } => {
+            let ledger = x402d::ledger::Ledger::connect(&ledger_of(&config)?).await?;
+            for k in ledger.api_keys().await? {
+                let pay_to = if k.pay_to_allowlist.is_empty() {
+                    "any".to_owned()
+                } else {
+                    k.pay_to_allowlist
+                        .iter()
+                        .map(|a| a.to_checksum(None))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "{}\t{}\t{}\tpay_to={pay_to}\tper_minute={}\tdaily_amount={}",
+                    k.id,
+                    if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    k.name,
+                    k.per_minute.map_or("default".to_owned(), |n| n.to_string()),
+                    k.daily_amount.map_or("none".to_owned(), |a| a.to_string()),
+                );
+            }
+        }
+        KeysCommand::Revoke { config, id } => {
+            let ledger = x402d::ledger::Ledger::connect(&ledger_of(&config)?).await?;
+            if !ledger.revoke_api_key(&id).await? {
+                anyhow::bail!("no active key {id:?}");
+            }
+            println!("revoked {id}");
         }
     }
     Ok(())

@@ -941,7 +941,7 @@ async fn dial_works_with_a_remote_facilitator_and_502s_without_one() {
     let config = |facilitator: &str| {
         x402d::config::Config::from_toml(
             &format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n[ledger]\nurl = \"sqlite://{}/merchant-{}.db\"\n[dial]\npay_to = \"{}\"\npublic_url = \"https://merchant.test\"\nfacilitator_url = \"{facilitator}\"\n",
+                "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n[ledger]\nurl = \"sqlite://{}/merchant-{}.db\"\n[dial]\npay_to = \"{}\"\npublic_url = \"https://merchant.test\"\nfacilitator_url = \"{facilitator}\"\n",
                 h.chain.rpc_url(),
                 dir.path().display(),
                 facilitator.len(),

@@ -391,7 +391,7 @@ async fn ready_follows_the_node_and_the_gas_wallet() {
     let gas_key = alloy::signers::local::PrivateKeySigner::from(anvil.first_key().clone());
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n\
+        "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n\
          [gas_wallets]\nprivate_keys = [\"$GAS\"]\n[ledger]\nurl = \"sqlite://{}/l.db\"\n",
         anvil.endpoint(),
         dir.path().display()
@@ -471,7 +471,7 @@ async fn ready_names_a_node_on_the_wrong_chain() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n\
+        "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = {CHAIN_ID}\nrpc_urls = [\"{}\"]\n\
          [ledger]\nurl = \"sqlite://{}/l.db\"\n",
         anvil.endpoint(),
         dir.path().display()

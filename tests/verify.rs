@@ -628,7 +628,7 @@ async fn unreachable_rpc_is_503() {
     let port = dead.local_addr().unwrap().port();
     drop(dead);
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"http://127.0.0.1:{port}\"]\n"
+        "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"http://127.0.0.1:{port}\"]\n"
     );
     let config = x402d::config::Config::from_toml(&text, &Default::default()).unwrap();
     let server = x402d::http::server::RunningServer::start(&config)

@@ -103,7 +103,7 @@ impl BenchEnv {
         }
         let dir = tempdir()?;
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
+            "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
             chain.rpc_url(),
             refs.join(", "),
             dir.display(),

@@ -121,7 +121,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     };
     let text = format!(
         "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
-         [server]\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
+         [server]\npublic = true\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
          [exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [{keys}]\n\
          [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\n",
         ledger = opts.ledger_url,

@@ -10,11 +10,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::facilitator::access::AccessError;
 use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::protocol::{BadRequest, parse_facilitator_request};
 
@@ -59,11 +60,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             Json(json!({"error": self.code, "message": self.message})),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"x402d\""),
+            );
+        }
+        response
     }
 }
 
@@ -102,6 +110,7 @@ impl From<FacilitatorError> for ApiError {
                 "gas_wallets_dry",
                 e.to_string(),
             ),
+            FacilitatorError::Access(e) => access_error(e),
             e @ FacilitatorError::PaymentIdentifierConflict { .. } => ApiError::new(
                 StatusCode::CONFLICT,
                 "payment_identifier_conflict",
@@ -109,6 +118,19 @@ impl From<FacilitatorError> for ApiError {
             ),
         }
     }
+}
+
+fn access_error(e: AccessError) -> ApiError {
+    let (status, code) = match &e {
+        AccessError::Missing | AccessError::Invalid => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        AccessError::PayToNotAllowed(_) => (StatusCode::FORBIDDEN, "pay_to_not_allowed"),
+        AccessError::BudgetExhausted { .. } => (StatusCode::FORBIDDEN, "budget_exhausted"),
+        AccessError::Ledger(_) => {
+            tracing::error!(error = %e, "ledger unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable")
+        }
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 impl From<BytesRejection> for ApiError {
@@ -125,21 +147,41 @@ impl From<BytesRejection> for ApiError {
 
 async fn verify(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = parse_facilitator_request(&body?)?;
+    state
+        .facilitator
+        .authorize(bearer(&headers), &request)
+        .await?;
     let answer = state.facilitator.verify(&request).await?;
     Ok(Json(answer).into_response())
 }
 
 async fn settle(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body?;
     let request = parse_facilitator_request(&body)?;
-    let answer = state.facilitator.settle(&request, &body).await?;
+    let key = state
+        .facilitator
+        .authorize(bearer(&headers), &request)
+        .await?;
+    let answer = state
+        .facilitator
+        .settle_as(&request, &body, key.as_ref())
+        .await?;
     Ok(Json(answer).into_response())
+}
+
+/// The `Authorization` header's bytes, if sent.
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
 }
 
 async fn supported(State(state): State<AppState>) -> Response {

@@ -6,6 +6,7 @@
 //! writes in [`writes`] built on it, compare-and-set, each with a history event.
 
 mod identifiers;
+mod keys;
 mod rows;
 pub mod state;
 mod writes;
@@ -18,6 +19,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 pub use crate::clock::now_ms;
 pub use identifiers::BoundIdentifier;
+pub use keys::ApiKeyRecord;
 pub use rows::{Deploy, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus};
 use rows::{PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, payment_of, transaction_of, u64_of};
 pub use state::{Inclusion, PaymentState, Transition};
@@ -402,8 +404,8 @@ async fn insert_claims(
     for (p, _) in group {
         let inserted = sqlx::query(
             "INSERT INTO payments (chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, x402_version, \
-             network, request_json, deploy_target, deploy_calldata, transfer_calldata, state, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,'queued',$15,$15) \
+             network, request_json, deploy_target, deploy_calldata, transfer_calldata, api_key, state, created_at, updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$16,'queued',$15,$15) \
              ON CONFLICT (chain_id, asset, payer, nonce) DO NOTHING RETURNING id",
         )
         .bind(i64_of(p.chain_id))
@@ -421,6 +423,7 @@ async fn insert_claims(
         .bind(p.deploy.as_ref().map(|d| hex(&d.calldata)))
         .bind(hex(&p.transfer_calldata))
         .bind(now)
+        .bind(p.api_key.as_deref())
         .fetch_optional(&mut *tx)
         .await?;
         let id = match inserted {

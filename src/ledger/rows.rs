@@ -85,6 +85,8 @@ pub struct NewPayment {
     pub request_json: String,
     pub deploy: Option<Deploy>,
     pub transfer_calldata: Bytes,
+    /// The API key that submitted it (`None`: an anonymous caller of a public node).
+    pub api_key: Option<String>,
 }
 
 /// A payment as stored.
@@ -195,7 +197,7 @@ pub(super) fn parsed<T: FromStr>(row: &AnyRow, col: &str) -> Result<T, LedgerErr
         .map_err(|_| LedgerError::Corrupt(format!("{col} {s:?}")))
 }
 
-fn opt_parsed<T: FromStr>(row: &AnyRow, col: &str) -> Result<Option<T>, LedgerError> {
+pub(super) fn opt_parsed<T: FromStr>(row: &AnyRow, col: &str) -> Result<Option<T>, LedgerError> {
     let s: Option<String> = row.try_get(col)?;
     s.map(|s| {
         s.parse()

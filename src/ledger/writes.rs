@@ -125,7 +125,7 @@ impl Ledger {
         let changed = sqlx::query(
             "UPDATE payments SET state = 'queued', pay_to = $2, amount = $3, valid_before = $4, payload_digest = $5, \
              x402_version = $6, network = $7, request_json = $8, deploy_target = $9, deploy_calldata = $10, \
-             transfer_calldata = $11, fail_reason = NULL, fail_message = NULL, batch_id = NULL, tx_hash = NULL, \
+             transfer_calldata = $11, api_key = $13, fail_reason = NULL, fail_message = NULL, batch_id = NULL, tx_hash = NULL, \
              block_number = NULL, block_hash = NULL, not_before = 0, attempts = 0, updated_at = $12 \
              WHERE id = $1 AND state = 'refused'",
         )
@@ -141,6 +141,7 @@ impl Ledger {
         .bind(p.deploy.as_ref().map(|d| hex(&d.calldata)))
         .bind(hex(&p.transfer_calldata))
         .bind(now)
+        .bind(p.api_key.as_deref())
         .execute(&mut *tx)
         .await?
         .rows_affected();

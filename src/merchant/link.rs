@@ -58,10 +58,12 @@ impl FacilitatorLink for InProcess {
 pub struct OverHttp {
     base: String,
     client: reqwest::Client,
+    /// Sent as `Authorization: Bearer …` when the facilitator wants a key.
+    api_key: Option<String>,
 }
 
 impl OverHttp {
-    pub fn new(base: &str) -> Result<OverHttp, LinkError> {
+    pub fn new(base: &str, api_key: Option<String>) -> Result<OverHttp, LinkError> {
         let client = reqwest::Client::builder()
             // Settlement may wait for a receipt; the facilitator caps itself below this.
             .timeout(Duration::from_secs(60))
@@ -70,6 +72,7 @@ impl OverHttp {
         Ok(OverHttp {
             base: base.trim_end_matches('/').to_owned(),
             client,
+            api_key,
         })
     }
 
@@ -78,10 +81,14 @@ impl OverHttp {
         path: &str,
         body: &[u8],
     ) -> Result<T, LinkError> {
-        let response = self
+        let mut request = self
             .client
             .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request
             .body(body.to_vec())
             .send()
             .await

@@ -73,7 +73,10 @@ impl Dial {
         local: Option<Arc<Facilitator>>,
     ) -> Result<Arc<Dial>, DialStartError> {
         let link: Arc<dyn FacilitatorLink> = match (&dial.facilitator_url, local) {
-            (Some(url), _) => Arc::new(OverHttp::new(url)?),
+            (Some(url), _) => Arc::new(OverHttp::new(
+                url,
+                dial.facilitator_api_key.as_ref().map(|k| k.0.clone()),
+            )?),
             (None, Some(f)) => Arc::new(InProcess(f)),
             (None, None) => return Err(DialStartError::NoFacilitator),
         };

@@ -191,6 +191,7 @@ impl Harness {
         let text = format!(
             r#"
             [server]
+            public = true
             listen = "127.0.0.1:0"
             [[networks]]
             chain_id = {CHAIN_ID}

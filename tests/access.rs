@@ -1,0 +1,166 @@
+//! API keys on `/verify` and `/settle`, managed by `x402d keys`: a node that is not public needs a
+//! key to start and on every call; a key is limited to its payees and its daily budget, and a
+//! revoked key stops working within seconds. Money is checked on chain.
+
+mod common;
+
+use alloy::primitives::{Address, U256};
+use common::*;
+use serde_json::Value;
+use x402d::config::Config;
+use x402d::http::server::RunningServer;
+
+/// Runs `x402d keys …` against the config at `path`; returns (success, stdout, stderr).
+fn keys(h: &Harness, path: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .arg("keys")
+        .args(args)
+        .arg("--config")
+        .arg(path)
+        .envs(h.config_env())
+        .env("X402D_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn call(url: &str, route: &str, key: Option<&str>, body: &Value) -> (u16, Value, bool) {
+    let mut r = reqwest::Client::new()
+        .post(format!("{url}{route}"))
+        .json(body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let challenged = r.headers().contains_key("www-authenticate");
+    (status, r.json().await.unwrap_or(Value::Null), challenged)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_node_serves_only_its_keys_within_their_payees_and_budgets() {
+    let h = Harness::start_with(HarnessOptions {
+        in_process: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = h.config_text.replace("public = true", "public = false");
+    assert_ne!(text, h.config_text);
+    let path = dir.path().join("x402d.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::from_toml(&text, &h.config_env()).unwrap();
+
+    // Neither public nor keyed: it refuses to start, and says what to do.
+    let refused = RunningServer::start(&config)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        refused.contains("server.public") && refused.contains("x402d keys create"),
+        "{refused}"
+    );
+
+    let (ok, key, err) = keys(
+        &h,
+        &path,
+        &[
+            "create",
+            "--name",
+            "shop",
+            "--pay-to",
+            &h.pay_to.to_string(),
+            "--daily-amount",
+            &(2 * ONE_CENT).to_string(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("x402d_"), "{key}");
+    let (ok, listed, err) = keys(&h, &path, &["list"]);
+    assert!(ok, "{err}");
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(
+        !listed.contains(secret),
+        "list never shows a secret: {listed}"
+    );
+    assert!(
+        listed.contains("shop") && listed.contains("active"),
+        "{listed}"
+    );
+
+    let server = RunningServer::start(&config).await.unwrap();
+    let url = server.url();
+    let payers = h.funded_payers(3, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies: Vec<Value> = payers
+        .iter()
+        .map(|p| h.body(2, &req, &h.sign(p, &req)))
+        .collect();
+
+    // No key, a wrong key, a malformed header: 401 with a challenge; nothing is claimed.
+    let forged = format!("{}0", &key[..key.len() - 1]);
+    for k in [None, Some(forged.as_str()), Some("x402d_nothing")] {
+        for route in ["/verify", "/settle"] {
+            let (status, answer, challenged) = call(&url, route, k, &bodies[0]).await;
+            assert_eq!(status, 401, "{route} {k:?}: {answer}");
+            assert_eq!(answer["error"], "unauthorized");
+            assert!(challenged, "WWW-Authenticate on 401");
+        }
+    }
+    // Public routes stay public.
+    let supported = reqwest::get(format!("{url}/supported")).await.unwrap();
+    assert_eq!(supported.status(), 200);
+
+    // Another payee than the key's: 403, nothing settled.
+    let mut foreign = h.requirement(ONE_CENT);
+    foreign.pay_to = Address::random();
+    let foreign_body = h.body(2, &foreign, &h.sign(&payers[2], &foreign));
+    let (status, answer, _) = call(&url, "/settle", Some(&key), &foreign_body).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"], "pay_to_not_allowed");
+
+    // Within the budget: two cents settle; the third cent is refused before anything is sent.
+    for b in &bodies[..2] {
+        let (status, answer, _) = call(&url, "/settle", Some(&key), b).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["success"], true, "{answer}");
+    }
+    let (status, answer, _) = call(&url, "/settle", Some(&key), &bodies[2]).await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["error"], "budget_exhausted", "{answer}");
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(2 * ONE_CENT));
+    assert_eq!(
+        h.usdc_balance(payers[2].address()).await,
+        U256::from(ONE_CENT)
+    );
+    // A replay of a settled payment is no new spending: it answers its outcome.
+    let (status, again, _) = call(&url, "/settle", Some(&key), &bodies[0]).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["success"], true, "{again}");
+
+    // Revoked: refused within seconds (the key cache holds a record for 5 s).
+    let id = key.split('_').nth(1).unwrap();
+    let (ok, _, err) = keys(&h, &path, &["revoke", id]);
+    assert!(ok, "{err}");
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, _) = call(&url, "/verify", Some(&key), &bodies[2]).await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "revoked key still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let (ok, listed, _) = keys(&h, &path, &["list"]);
+    assert!(ok && listed.contains("revoked"), "{listed}");
+}
