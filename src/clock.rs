@@ -34,6 +34,22 @@ pub fn unix_now() -> u64 {
     u64::try_from(system_ms() / 1000).unwrap_or(0)
 }
 
+/// Unix seconds as RFC 3339 in UTC (`2026-11-18T11:06:40Z`); outside the years 0000–9999, the
+/// plain number.
+pub fn rfc3339(unix: i64) -> String {
+    utc_rfc3339(unix).unwrap_or_else(|| unix.to_string())
+}
+
+/// Unix seconds as RFC 3339 in UTC, if representable.
+pub fn utc_rfc3339(unix: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+}
+
 /// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {
     system_ms()

@@ -16,8 +16,9 @@ use crate::exact::{
 };
 use crate::ledger::{
     ApiKeyRecord, BoundIdentifier, Claim, Deploy, Ledger, LedgerError, NewPayment, Payment,
-    PaymentState,
+    PaymentState, Sighting,
 };
+use crate::protocol::discovery::{Declaration, DiscoveryItem, DiscoveryPage, Pagination};
 use crate::protocol::wire::{SettleResponse, SupportedKind, SupportedResponse, VerifyResponse};
 use crate::protocol::{FacilitatorRequest, PaymentIdentifier, Reason, X402Version};
 use crate::settlement::fees::FeePolicy;
@@ -390,7 +391,81 @@ impl Facilitator {
         };
         self.metrics_for(request)
             .settled(outcome, started.elapsed());
+        if let (Ok(a), Some(Ok(d))) = (&answer, &request.discovery)
+            && a.success
+        {
+            self.catalogue(d).await;
+        }
         answer
+    }
+
+    /// Catalogues what a settled payment declared. Only settled ones: an entry costs its declarer
+    /// a real payment, so the catalogue cannot be flooded for free. A failure is logged, never
+    /// the payer's problem.
+    async fn catalogue(&self, d: &Declaration) {
+        let sighting = Sighting {
+            key: &d.key,
+            kind: &d.kind,
+            resource: &d.resource,
+            accepts: &d.accepts,
+            metadata: &d.metadata,
+        };
+        let expired = crate::clock::now_ms() - CATALOGUE_TTL_MS;
+        if let Err(e) = self.ledger.catalogue(sighting, expired).await {
+            self.metrics.ledger_errors.inc();
+            tracing::warn!(error = %e, resource = %d.resource, "could not catalogue a bazaar declaration");
+        }
+    }
+
+    /// `GET /discovery/resources`: `local` (this process's own merchant's routes) first, then what
+    /// settled payments declared in the last week, newest first.
+    pub async fn discovery_page(
+        &self,
+        kind: Option<&str>,
+        limit: usize,
+        offset: usize,
+        local: &[DiscoveryItem],
+    ) -> Result<DiscoveryPage, FacilitatorError> {
+        let local: Vec<&DiscoveryItem> = local
+            .iter()
+            .filter(|i| kind.is_none_or(|k| i.kind == k))
+            .collect();
+        let from_local: Vec<DiscoveryItem> = local
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|i| (*i).clone())
+            .collect();
+        let stored_offset = offset.saturating_sub(local.len());
+        let stored_limit = limit - from_local.len();
+        let since = crate::clock::now_ms() - CATALOGUE_TTL_MS;
+        let (entries, stored_total) = self
+            .ledger
+            .catalogue_page(kind, since, stored_limit.max(1), stored_offset)
+            .await?;
+        let mut items = from_local;
+        items.extend(
+            entries
+                .into_iter()
+                .take(stored_limit)
+                .map(|e| DiscoveryItem {
+                    resource: e.resource,
+                    kind: e.kind,
+                    x402_version: X402Version::V2,
+                    accepts: e.accepts,
+                    last_updated: crate::clock::rfc3339(e.last_seen_ms / 1000),
+                    metadata: e.metadata,
+                }),
+        );
+        Ok(DiscoveryPage {
+            x402_version: X402Version::V2,
+            items,
+            pagination: Pagination {
+                limit,
+                offset,
+                total: local.len() + stored_total,
+            },
+        })
     }
 
     async fn settle_inner(
@@ -612,6 +687,9 @@ impl Facilitator {
         }
     }
 }
+
+/// How long a catalogued resource stays listed without being seen in a settled payment again.
+const CATALOGUE_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// One merchant's namespace of payment identifiers: the network and payTo the request names.
 fn identifier_scope(request: &FacilitatorRequest) -> String {

@@ -17,20 +17,29 @@ use serde_json::json;
 
 use crate::facilitator::access::AccessError;
 use crate::facilitator::{Facilitator, FacilitatorError};
-use crate::protocol::{BadRequest, parse_facilitator_request};
+use crate::protocol::discovery::DiscoveryItem;
+use crate::protocol::{BadRequest, FacilitatorRequest, parse_facilitator_request};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub facilitator: Arc<Facilitator>,
+    /// This process's own merchant's routes, listed first in the Bazaar.
+    pub local_discovery: Arc<Vec<DiscoveryItem>>,
 }
 
 /// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observe`].
-pub fn router(facilitator: Arc<Facilitator>, body_limit: usize) -> Router {
+/// `local_discovery`: what the Bazaar lists besides what settled payments declared.
+pub fn router(
+    facilitator: Arc<Facilitator>,
+    body_limit: usize,
+    local_discovery: Vec<DiscoveryItem>,
+) -> Router {
     Router::new()
         .route("/verify", post(verify))
         .route("/settle", post(settle))
         .route("/supported", get(supported))
+        .route("/discovery/resources", get(discovery))
         .route("/health", get(health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -38,7 +47,10 @@ pub fn router(facilitator: Arc<Facilitator>, body_limit: usize) -> Router {
         .route("/", get(ops::operator_page))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(AppState { facilitator })
+        .with_state(AppState {
+            facilitator,
+            local_discovery: Arc::new(local_discovery),
+        })
 }
 
 /// An error answer: `{error, message}` with a status.
@@ -156,7 +168,12 @@ async fn verify(
         .authorize(bearer(&headers), &request)
         .await?;
     let answer = state.facilitator.verify(&request).await?;
-    Ok(Json(answer).into_response())
+    // Catalogued only once the payment settles (see `Facilitator::catalogue`).
+    let bazaar = bazaar_response(&request, false);
+    Ok(with_extension_responses(
+        Json(answer).into_response(),
+        bazaar,
+    ))
 }
 
 async fn settle(
@@ -174,7 +191,69 @@ async fn settle(
         .facilitator
         .settle_as(&request, &body, key.as_ref())
         .await?;
-    Ok(Json(answer).into_response())
+    let bazaar = bazaar_response(&request, answer.success);
+    Ok(with_extension_responses(
+        Json(answer).into_response(),
+        bazaar,
+    ))
+}
+
+/// The `bazaar` entry of `EXTENSION-RESPONSES`, when the payment declared one.
+fn bazaar_response(request: &FacilitatorRequest, settled: bool) -> Option<serde_json::Value> {
+    match request.discovery.as_ref()? {
+        Err(why) => Some(json!({"status": "rejected", "rejectedReason": why})),
+        Ok(_) if settled => Some(json!({"status": "success"})),
+        Ok(_) => Some(json!({"status": "processing"})),
+    }
+}
+
+/// Adds `EXTENSION-RESPONSES` (base64 JSON keyed by extension) when there is something to say.
+fn with_extension_responses(mut response: Response, bazaar: Option<serde_json::Value>) -> Response {
+    if let Some(b) = bazaar {
+        let encoded = crate::protocol::encode_header(&json!({ "bazaar": b }));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&encoded) {
+            response.headers_mut().insert("extension-responses", v);
+        }
+    }
+    response
+}
+
+#[derive(serde::Deserialize)]
+struct DiscoveryQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /discovery/resources?type&limit&offset`.
+async fn discovery(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<DiscoveryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if let Some(k) = q.kind.as_deref()
+        && k != "http"
+        && k != "mcp"
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "type must be http or mcp",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let page = state
+        .facilitator
+        .discovery_page(
+            q.kind.as_deref(),
+            limit,
+            q.offset.unwrap_or(0),
+            &state.local_discovery,
+        )
+        .await?;
+    Ok(Json(page).into_response())
 }
 
 /// The `Authorization` header's bytes, if sent.

@@ -38,9 +38,17 @@ impl RunningServer {
         // The app's one registry: created here, passed to every room that records into it.
         let metrics = Arc::new(Metrics::new());
         let facilitator = Arc::new(Facilitator::start_with(config, metrics.clone()).await?);
-        let mut app = crate::http::router(facilitator.clone(), config.server.body_limit_bytes);
-        if let Some(dial) = &config.dial {
-            let dial = Dial::start(config, dial, Some(facilitator.clone())).await?;
+        let dial = match &config.dial {
+            Some(d) => Some(Dial::start(config, d, Some(facilitator.clone())).await?),
+            None => None,
+        };
+        let local = dial
+            .as_ref()
+            .map(|d| d.discovery_items())
+            .unwrap_or_default();
+        let mut app =
+            crate::http::router(facilitator.clone(), config.server.body_limit_bytes, local);
+        if let Some(dial) = &dial {
             app = app.merge(dial.router());
         }
         // Request ids, spans and request metrics for every route, Dial's included.

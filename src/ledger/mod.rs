@@ -5,6 +5,7 @@
 //! Rows are typed ([`rows`]); a payment's state moves only through [`Ledger::transition`] and the
 //! writes in [`writes`] built on it, compare-and-set, each with a history event.
 
+mod catalogue;
 mod identifiers;
 mod keys;
 mod rows;
@@ -18,6 +19,7 @@ use alloy::primitives::{Address, B256};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 pub use crate::clock::now_ms;
+pub use catalogue::{CatalogueEntry, Sighting};
 pub use identifiers::BoundIdentifier;
 pub use keys::ApiKeyRecord;
 pub use rows::{Deploy, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus};

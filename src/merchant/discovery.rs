@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Dial;
 use super::catalogue::{FREE_ROUTES, PAID_ROUTES, PaidRoute};
-use super::paywall::{Price, dial_error};
+use super::paywall::Price;
+use crate::protocol::X402Version;
+use crate::protocol::discovery::DiscoveryItem;
 
 fn price_of(dial: &Dial, route: &PaidRoute) -> Price {
     Price {
@@ -42,39 +42,30 @@ pub async fn dial_discovery(State(dial): State<Arc<Dial>>) -> Response {
         .into_response()
 }
 
-#[derive(Deserialize)]
-pub struct BazaarQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
-}
-
-/// `GET /discovery/resources?type&limit&offset`: the Bazaar catalogue shape.
-pub async fn bazaar(State(dial): State<Arc<Dial>>, Query(q): Query<BazaarQuery>) -> Response {
-    if q.kind.as_deref().is_some_and(|k| k != "http") {
-        return dial_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "type must be http",
-        );
-    }
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let offset = q.offset.unwrap_or(0);
-    let items: Vec<Value> = PAID_ROUTES
+/// Dial's paid routes as Bazaar entries (the facilitator's `GET /discovery/resources` lists them
+/// first, beside what settled payments declared).
+pub fn catalogue(dial: &Dial) -> Vec<DiscoveryItem> {
+    let now = crate::clock::rfc3339(crate::clock::now_ms() / 1000);
+    PAID_ROUTES
         .iter()
-        .skip(offset)
-        .take(limit)
         .map(|r| {
-            let price = price_of(&dial, r);
-            json!({"resource": dial.paywall.resource_url(r.path), "type": "http", "x402Version": 2,
-                   "accepts": dial.paywall.offers(&price), "lastUpdated": super::siwe::format_rfc3339(crate::clock::now_ms() / 1000),
-                   "metadata": {"method": "POST", "description": r.summary, "input": (r.input)(), "output": (r.output)()}})
+            let price = price_of(dial, r);
+            DiscoveryItem {
+                resource: dial.paywall.resource_url(r.path),
+                kind: "http".to_owned(),
+                x402_version: X402Version::V2,
+                accepts: dial
+                    .paywall
+                    .offers(&price)
+                    .iter()
+                    .filter_map(|o| serde_json::to_value(o).ok())
+                    .collect(),
+                last_updated: now.clone(),
+                metadata: json!({"method": "POST", "description": r.summary, "serviceName": "Dial",
+                                 "input": (r.input)(), "output": (r.output)()}),
+            }
         })
-        .collect();
-    Json(json!({"x402Version": 2, "items": items,
-                "pagination": {"limit": limit, "offset": offset, "total": PAID_ROUTES.len()}}))
-    .into_response()
+        .collect()
 }
 
 /// `GET /.well-known/x402`.

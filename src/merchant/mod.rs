@@ -140,6 +140,11 @@ impl Dial {
     }
 
     /// Dial's routes, with the paywall on the priced ones, the per-IP limit and CORS on all.
+    /// Dial's paid routes as Bazaar entries.
+    pub fn discovery_items(&self) -> Vec<crate::protocol::discovery::DiscoveryItem> {
+        discovery::catalogue(self)
+    }
+
     pub fn router(self: &Arc<Self>) -> Router {
         let paywall_state = PaywallState {
             paywall: self.paywall.clone(),
@@ -162,7 +167,6 @@ impl Dial {
             .route("/api/v1/numbers/mine/send", post(api::my_send))
             .route("/api/v1/esim/packages", get(api::esim_packages))
             .route("/api/v1/discovery", get(discovery::dial_discovery))
-            .route("/discovery/resources", get(discovery::bazaar))
             .route("/.well-known/x402", get(discovery::well_known))
             .route("/openapi.json", get(discovery::openapi))
             .route("/api/health", get(api::health));

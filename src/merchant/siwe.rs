@@ -141,15 +141,7 @@ pub fn eip191_digest(message: &str) -> B256 {
 /// Formats Unix seconds as RFC 3339 in UTC (`2026-11-18T11:06:40Z`). A time outside the years
 /// 0000–9999 (never issued by Dial, never accepted by [`parse_rfc3339`]) falls back to its number
 /// of seconds.
-pub fn format_rfc3339(unix: i64) -> String {
-    utc_rfc3339(unix).unwrap_or_else(|| unix.to_string())
-}
-
-fn utc_rfc3339(unix: i64) -> Option<String> {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-}
+pub use crate::clock::rfc3339 as format_rfc3339;
 
 /// Parses an RFC 3339 date-time (`2026-11-22T07:20:36Z`, optional fraction, `Z` or `±HH:MM`)
 /// into Unix seconds (the fraction is dropped).
@@ -172,7 +164,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let unix = OffsetDateTime::parse(s, &Rfc3339)
         .map(OffsetDateTime::unix_timestamp)
         .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))?;
-    match utc_rfc3339(unix) {
+    match crate::clock::utc_rfc3339(unix) {
         Some(_) => Ok(unix),
         None => Err(format!("{s:?} is outside the years 0000-9999 in UTC")),
     }

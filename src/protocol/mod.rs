@@ -4,6 +4,7 @@
 //! crate never sees raw JSON.
 
 pub mod codec;
+pub mod discovery;
 pub mod primitives;
 pub mod reason;
 pub mod request;

@@ -93,6 +93,9 @@ pub struct FacilitatorRequest {
     pub body: PaymentBody,
     /// `extensions["payment-identifier"]`, when the client sent one.
     pub payment_identifier: Option<PaymentIdentifier>,
+    /// What the resource server declared for the Bazaar (`extensions.bazaar`), or why it was
+    /// refused; `None` when nothing was declared.
+    pub discovery: Option<Result<super::discovery::Declaration, String>>,
 }
 
 /// A client's id for one payment (`extensions["payment-identifier"].info.id`), with the digest of
@@ -180,6 +183,7 @@ fn parse_v1(payload: &RawValue, requirements: &RawValue) -> Result<FacilitatorRe
         requirements: r.into(),
         body,
         payment_identifier: None,
+        discovery: None,
     })
 }
 
@@ -198,6 +202,25 @@ fn parse_v2(payload: &RawValue, requirements: &RawValue) -> Result<FacilitatorRe
             payload_digest: canonical_digest(payload)?,
         }),
     };
+    let discovery = if p
+        .extensions
+        .as_ref()
+        .is_some_and(|e| e.get("bazaar").is_some())
+    {
+        // Read as plain JSON: the declaration keeps fields our typed wire does not model.
+        let payload_value: serde_json::Value =
+            serde_json::from_str(payload.get()).unwrap_or_default();
+        let requirements_value: serde_json::Value =
+            serde_json::from_str(requirements.get()).unwrap_or_default();
+        super::discovery::declaration(
+            payload_value.get("resource"),
+            p.extensions.as_ref(),
+            &requirements_value,
+        )
+        .transpose()
+    } else {
+        None
+    };
     Ok(FacilitatorRequest {
         version: X402Version::V2,
         payload_scheme: p.accepted.scheme,
@@ -205,6 +228,7 @@ fn parse_v2(payload: &RawValue, requirements: &RawValue) -> Result<FacilitatorRe
         requirements: r.into(),
         body,
         payment_identifier,
+        discovery,
     })
 }
 
