@@ -24,7 +24,7 @@ pub struct AppState {
     pub facilitator: Arc<Facilitator>,
 }
 
-/// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observe`].
+/// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observed`].
 pub fn router(facilitator: Arc<Facilitator>, body_limit: usize) -> Router {
     Router::new()
         .route("/verify", post(verify))
