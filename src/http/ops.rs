@@ -242,7 +242,7 @@ mod tests {
         use askama::Template;
         const HOSTILE: &str = "<script>'\"&";
         let page = OperatorPage {
-            version: "0.0.0",
+            version: HOSTILE,
             networks: vec![NetworkRow {
                 network: HOSTILE.into(),
                 v1_name: HOSTILE.into(),
@@ -254,9 +254,11 @@ mod tests {
         assert!(!page.contains(HOSTILE), "{page}");
         assert_eq!(
             page.matches("&#60;script&#62;&#39;&#34;&#38;").count(),
-            3,
-            "{page}"
+            4,
+            "the version, network, v1 name and tokens: {page}"
         );
+        // The only raw `<script` is the page's own tag.
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
         // The page's own script is there, untouched by the template.
         assert!(page.contains("setInterval(refresh, 2000);"));
         assert!(page.contains("`M${L},${T} V${H - B} H${W}`"));
