@@ -28,7 +28,7 @@ pub struct AppState {
     pub local_discovery: Arc<Vec<DiscoveryItem>>,
 }
 
-/// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observe`].
+/// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observed`].
 /// `local_discovery`: what the Bazaar lists besides what settled payments declared.
 pub fn router(
     facilitator: Arc<Facilitator>,

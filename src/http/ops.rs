@@ -1,15 +1,23 @@
 //! Operations routes and the per-request middleware: `/metrics`, `/ready`, `/status`, the operator
-//! page at `/`, and request ids, spans and HTTP metrics for every route.
+//! page at `/`, and request ids, spans and HTTP metrics for every route ([`observed`]).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
+use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tracing::Instrument;
+use tower::ServiceBuilder;
+use tower::util::MapRequestLayer;
+use tower_http::LatencyUnit;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use super::AppState;
 use crate::telemetry::Metrics;
@@ -33,34 +41,83 @@ fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Gives every request an id (the caller's when well-formed), runs it inside a span carrying that
-/// id, answers the id in `x-request-id`, and counts the request by route template and status.
-pub async fn observe(
-    State(metrics): State<Arc<Metrics>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
+/// Makes the id of a request that came without a well-formed one: 32 hex digits.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&new_request_id())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// `SetRequestId` keeps whatever id the caller sent, so a malformed one is dropped first and the
+/// request then gets a new one like a request that sent none.
+fn drop_malformed_request_id(mut request: Request) -> Request {
+    let malformed = request
+        .headers()
+        .get(REQUEST_ID)
+        .is_some_and(|v| !well_formed_request_id(v.as_bytes()));
+    if malformed {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    request
+}
+
+/// The span every request runs in: its id, method and route template (never the raw path, which
+/// the caller chooses).
+fn request_span(request: &Request) -> tracing::Span {
     let id = request
         .headers()
         .get(REQUEST_ID)
-        .filter(|v| well_formed_request_id(v.as_bytes()))
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&new_request_id())
-                .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-        });
-    request.headers_mut().insert(REQUEST_ID, id.clone());
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED, |r| r.as_str());
+    tracing::info_span!("request", request_id = id, method = %request.method(), route)
+}
+
+/// Wraps every route of `app` (the facilitator's and Dial's): an id for each request (the
+/// caller's when well-formed, answered in `x-request-id`), a span carrying it, and [`observe`]'s
+/// metrics.
+pub fn observed(app: Router, metrics: Arc<Metrics>) -> Router {
+    let header = HeaderName::from_static(REQUEST_ID);
+    app.layer(
+        ServiceBuilder::new()
+            .layer(MapRequestLayer::new(drop_malformed_request_id))
+            .layer(SetRequestIdLayer::new(header.clone(), NewRequestId))
+            .layer(PropagateRequestIdLayer::new(header))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    // Quiet at the start, and no error line per 5xx: `/ready` answers 503 to
+                    // every probe while a chain is down, and the cause is logged where it is known.
+                    .on_request(())
+                    .on_failure(())
+                    .on_response(
+                        DefaultOnResponse::new()
+                            .level(Level::DEBUG)
+                            .latency_unit(LatencyUnit::Micros),
+                    ),
+            )
+            .layer(axum::middleware::from_fn_with_state(metrics, observe)),
+    )
+}
+
+/// Counts every request by route template and status, and times it by route template.
+pub async fn observe(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or(UNMATCHED, |r| r.as_str());
-    let span = tracing::info_span!(
-        "request",
-        request_id = id.to_str().unwrap_or_default(),
-        method = %request.method(),
-        route,
-    );
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
+    let response = next.run(request).await;
     let status = response.status();
     metrics
         .http_requests
@@ -69,9 +126,7 @@ pub async fn observe(
     metrics
         .http_duration
         .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
-    tracing::debug!(parent: &span, status = status.as_u16(), micros = elapsed.as_micros() as u64, "answered");
-    response.headers_mut().insert(REQUEST_ID, id);
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -187,7 +242,7 @@ mod tests {
         use askama::Template;
         const HOSTILE: &str = "<script>'\"&";
         let page = OperatorPage {
-            version: "0.0.0",
+            version: HOSTILE,
             networks: vec![NetworkRow {
                 network: HOSTILE.into(),
                 v1_name: HOSTILE.into(),
@@ -199,9 +254,11 @@ mod tests {
         assert!(!page.contains(HOSTILE), "{page}");
         assert_eq!(
             page.matches("&#60;script&#62;&#39;&#34;&#38;").count(),
-            3,
-            "{page}"
+            4,
+            "the version, network, v1 name and tokens: {page}"
         );
+        // The only raw `<script` is the page's own tag.
+        assert_eq!(page.matches("<script").count(), 1, "{page}");
         // The page's own script is there, untouched by the template.
         assert!(page.contains("setInterval(refresh, 2000);"));
         assert!(page.contains("`M${L},${T} V${H - B} H${W}`"));

@@ -52,10 +52,7 @@ impl RunningServer {
             app = app.merge(dial.router());
         }
         // Request ids, spans and request metrics for every route, Dial's included.
-        let app = app.layer(axum::middleware::from_fn_with_state(
-            metrics.clone(),
-            crate::http::ops::observe,
-        ));
+        let app = crate::http::ops::observed(app, metrics.clone());
         let listen = config.server.listen;
         let listener = TcpListener::bind(listen)
             .await

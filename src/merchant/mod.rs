@@ -30,7 +30,7 @@ use crate::facilitator::Facilitator;
 use link::{FacilitatorLink, InProcess, OverHttp};
 use paywall::{OfferAsset, Paywall, PaywallState, PublicUrl, dial_error};
 use providers::{EsimProvider, NumberProvider, Sandbox, SmsProvider, Twilio, VerificationProvider};
-use ratelimit::{RateLimiter, Verdict};
+use ratelimit::{RateLimitBackend, Verdict};
 use store::Store;
 
 /// Why Dial could not start.
@@ -61,7 +61,7 @@ pub struct Dial {
     esims: Arc<dyn EsimProvider>,
     verifications: Arc<dyn VerificationProvider>,
     default_sender: String,
-    limiter: RateLimiter,
+    limiter: Arc<dyn RateLimitBackend>,
 }
 
 impl Dial {
@@ -135,7 +135,7 @@ impl Dial {
             esims: Arc::new(Sandbox),
             verifications: Arc::new(Sandbox),
             default_sender,
-            limiter: RateLimiter::new(dial.rate_limit_per_minute),
+            limiter: Arc::new(ratelimit::InProcess::new(dial.rate_limit_per_minute)),
         }))
     }
 
@@ -198,14 +198,15 @@ impl Dial {
     }
 }
 
-/// The per-IP limit: 429 with `Retry-After` past it, `X-RateLimit-Remaining` on every answer.
+/// The per-IP limit ([`ratelimit`]): 429 with `Retry-After` past it, `X-RateLimit-Remaining`
+/// (what the client may still send at once) on every answer.
 async fn rate_limit(State(dial): State<Arc<Dial>>, request: Request, next: Next) -> Response {
     let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    match dial.limiter.check(ip) {
+    match dial.limiter.check(ip).await {
         Verdict::Allowed { remaining } => {
             let mut response = next.run(request).await;
             response

@@ -495,7 +495,10 @@ impl Paywall {
             .await
     }
 
-    /// Settles, retrying once on `settlement_pending` as the facilitator contract asks.
+    /// Settles, retrying once on `settlement_pending` as the facilitator contract asks. Not a
+    /// backoff: `settlement_pending` is not a failure but the facilitator's own wait running out
+    /// while the payment is in flight, and asking again at once joins the same claim and waits
+    /// again there, so a client-side delay would only add latency.
     async fn settle(&self, request: &[u8]) -> Result<SettleResponse, String> {
         let mut answer = self.link.settle(request).await;
         if matches!(&answer, Ok(s) if s.error_reason.as_deref() == Some("settlement_pending")) {

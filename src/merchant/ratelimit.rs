@@ -1,89 +1,186 @@
-//! A per-client fixed-window request limit (in-process: each node counts its own clients).
+//! Dial's per-client request limit: `N` requests a minute per IP, allowed as a burst of `N` and
+//! replenished evenly (one every `60/N` seconds), counted by `governor`'s GCRA.
+//!
+//! The state sits behind [`RateLimitBackend`], so the middleware does not know where it is kept.
+//! Today it is [`InProcess`]: each node counts its own clients. A cluster can put a shared store
+//! (Redis, say) behind the same trait so that every node sees one count per client.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const WINDOW: Duration = Duration::from_secs(60);
-/// Past this many tracked clients, expired windows are swept on the next request.
-const SWEEP_AT: usize = 10_000;
+use futures::future::BoxFuture;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+/// How often the in-process limiter forgets clients whose budget is full again: a client idle for
+/// a minute is indistinguishable from a new one, so dropping it changes no verdict, and memory
+/// stays bounded by the clients seen in the last minute or two.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The verdict for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Served; `remaining` more requests would be served right now.
     Allowed { remaining: u32 },
+    /// Refused; the next request is served in `retry_after_secs` (at least 1).
     Limited { retry_after_secs: u64 },
 }
 
-pub struct RateLimiter {
-    per_minute: u32,
-    windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+/// Where the per-client counts live. Object-safe so Dial holds any backend as one type; a
+/// backend that cannot reach its store decides itself whether to fail open or closed.
+pub trait RateLimitBackend: Send + Sync {
+    /// Counts one request from `client` and says whether to serve it.
+    fn check(&self, client: IpAddr) -> BoxFuture<'_, Verdict>;
 }
 
-impl RateLimiter {
+type Keyed<C> = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, StateInformationMiddleware>;
+
+/// The in-process backend: a `governor` keyed limiter, swept of idle clients every minute.
+pub struct InProcess<C: Clock = DefaultClock> {
+    limiter: Keyed<C>,
+    next_sweep: Mutex<C::Instant>,
+}
+
+impl InProcess {
+    /// `per_minute` requests a minute per client, all of them allowed at once.
     pub fn new(per_minute: u32) -> Self {
-        RateLimiter {
-            per_minute,
-            windows: Mutex::new(HashMap::new()),
+        Self::with_clock(per_minute, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> InProcess<C> {
+    fn with_clock(per_minute: u32, clock: C) -> Self {
+        // The config refuses 0 (`dial.rate_limit_per_minute`); 1 is the closest meaningful limit.
+        let burst = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        let next_sweep = Mutex::new(clock.now() + SWEEP_EVERY.into());
+        // `StateInformationMiddleware`: an allowed answer carries the remaining burst.
+        let limiter: Keyed<C> = RateLimiter::new(
+            Quota::per_minute(burst),
+            DefaultKeyedStateStore::default(),
+            clock,
+        );
+        InProcess {
+            limiter,
+            next_sweep,
         }
     }
 
-    pub fn check(&self, ip: IpAddr) -> Verdict {
-        self.check_at(ip, Instant::now())
+    fn check_now(&self, client: IpAddr) -> Verdict {
+        self.sweep_if_due();
+        match self.limiter.check_key(&client) {
+            Ok(snapshot) => Verdict::Allowed {
+                remaining: snapshot.remaining_burst_capacity(),
+            },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
+                // Rounded up: a client told to come back sooner would only be refused again.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Verdict::Limited {
+                    retry_after_secs: secs.max(1),
+                }
+            }
+        }
     }
 
-    fn check_at(&self, ip: IpAddr, now: Instant) -> Verdict {
-        let mut windows = match self.windows.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
+    fn sweep_if_due(&self) {
+        let now = self.limiter.clock().now();
+        // `try_lock`: one request sweeps, the others go on counting rather than wait for it.
+        let Ok(mut next) = self.next_sweep.try_lock() else {
+            return;
         };
-        if windows.len() >= SWEEP_AT {
-            windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        if now < *next {
+            return;
         }
-        let entry = windows.entry(ip).or_insert((now, 0));
-        if now.duration_since(entry.0) >= WINDOW {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.per_minute {
-            let left = WINDOW.saturating_sub(now.duration_since(entry.0));
-            return Verdict::Limited {
-                retry_after_secs: left.as_secs().max(1),
-            };
-        }
-        entry.1 += 1;
-        Verdict::Allowed {
-            remaining: self.per_minute - entry.1,
-        }
+        *next = now + SWEEP_EVERY.into();
+        drop(next);
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+impl<C> RateLimitBackend for InProcess<C>
+where
+    C: Clock + Send + Sync,
+    C::Instant: Send,
+{
+    fn check(&self, client: IpAddr) -> BoxFuture<'_, Verdict> {
+        let verdict = self.check_now(client);
+        Box::pin(std::future::ready(verdict))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     #[test]
-    fn the_request_past_the_limit_waits_for_the_window() {
-        let limiter = RateLimiter::new(3);
+    fn the_request_past_the_burst_waits_for_the_next_cell() {
+        let clock = FakeRelativeClock::default();
+        // 3 a minute: a burst of 3, then one every 20 s.
+        let limiter = InProcess::with_clock(3, clock.clone());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
-        let t0 = Instant::now();
-        assert_eq!(limiter.check_at(ip, t0), Verdict::Allowed { remaining: 2 });
-        assert_eq!(limiter.check_at(ip, t0), Verdict::Allowed { remaining: 1 });
-        assert_eq!(limiter.check_at(ip, t0), Verdict::Allowed { remaining: 0 });
+        assert_eq!(limiter.check_now(ip), Verdict::Allowed { remaining: 2 });
+        assert_eq!(limiter.check_now(ip), Verdict::Allowed { remaining: 1 });
+        assert_eq!(limiter.check_now(ip), Verdict::Allowed { remaining: 0 });
+        clock.advance(Duration::from_millis(5_500));
         assert_eq!(
-            limiter.check_at(ip, t0 + Duration::from_secs(20)),
+            limiter.check_now(ip),
             Verdict::Limited {
-                retry_after_secs: 40
+                retry_after_secs: 15
+            },
+            "14.5 s to the next cell, rounded up"
+        );
+        assert_eq!(limiter.check_now(other), Verdict::Allowed { remaining: 2 });
+        clock.advance(Duration::from_millis(14_500));
+        assert_eq!(limiter.check_now(ip), Verdict::Allowed { remaining: 0 });
+        assert_eq!(
+            limiter.check_now(ip),
+            Verdict::Limited {
+                retry_after_secs: 20
             }
         );
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(limiter.check_now(ip), Verdict::Allowed { remaining: 2 });
+    }
+
+    #[test]
+    fn a_wait_under_a_second_is_answered_as_one() {
+        let clock = FakeRelativeClock::default();
+        let limiter = InProcess::with_clock(600, clock.clone());
+        let ip: IpAddr = "::1".parse().unwrap();
+        for _ in 0..600 {
+            assert!(matches!(limiter.check_now(ip), Verdict::Allowed { .. }));
+        }
         assert_eq!(
-            limiter.check_at(other, t0),
-            Verdict::Allowed { remaining: 2 }
+            limiter.check_now(ip),
+            Verdict::Limited {
+                retry_after_secs: 1
+            },
+            "100 ms to the next cell"
         );
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten() {
+        let clock = FakeRelativeClock::default();
+        let limiter = InProcess::with_clock(60, clock.clone());
+        for last in 0..=255u8 {
+            limiter.check_now(IpAddr::from([10, 0, 0, last]));
+        }
+        assert_eq!(limiter.limiter.len(), 256);
+        // Each client's budget is full again after one second; the sweep runs after a minute.
+        clock.advance(SWEEP_EVERY);
+        let newcomer = IpAddr::from([10, 0, 1, 0]);
         assert_eq!(
-            limiter.check_at(ip, t0 + Duration::from_secs(60)),
-            Verdict::Allowed { remaining: 2 }
+            limiter.check_now(newcomer),
+            Verdict::Allowed { remaining: 59 }
         );
+        assert_eq!(limiter.limiter.len(), 1, "only the newcomer is left");
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use alloy::primitives::utils::{ParseUnits, format_units, parse_units};
 use alloy::primitives::{Address, B256, U256};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -70,38 +71,49 @@ impl FromStr for AtomicAmount {
 
 /// Converts a dollar price such as `"0.01"` or `"100"` into atomic units of a token with
 /// `decimals` decimals, refusing more precision than the token has.
+///
+/// The grammar is checked here (digits, then optionally `.` and 1 to `decimals` digits), because
+/// alloy's `parse_units` is lenient where a price must not be: it truncates extra decimals, takes
+/// a sign, `"1."`, `".5"` and digit separators. The scaling and its overflow check are alloy's.
+///
+/// # Errors
+///
+/// A message naming the price when it is not such a decimal or does not fit in a `uint256`.
 pub fn dollars_to_atomic(price: &str, decimals: u8) -> Result<AtomicAmount, String> {
-    let (whole, frac) = price.split_once('.').unwrap_or((price, ""));
-    if whole.is_empty()
-        || frac.len() > usize::from(decimals)
-        || (price.contains('.') && frac.is_empty())
-    {
-        return Err(format!(
-            "{price:?} is not a price with at most {decimals} decimals"
-        ));
+    let refused = || format!("{price:?} is not a price with at most {decimals} decimals");
+    let (whole, frac) = match price.split_once('.') {
+        Some((whole, frac)) if !frac.is_empty() => (whole, frac),
+        Some(_) => return Err(refused()),
+        None => (price, ""),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(frac) || frac.len() > usize::from(decimals) {
+        return Err(refused());
     }
-    let padded = format!("{whole}{frac:0<width$}", width = usize::from(decimals));
-    let digits = padded.trim_start_matches('0');
-    let digits = if digits.is_empty() { "0" } else { digits };
-    parse_decimal_u256(digits)
-        .map(AtomicAmount)
-        .map_err(|_| format!("{price:?} is not a decimal price"))
+    match parse_units(price, decimals) {
+        Ok(ParseUnits::U256(v)) => Ok(AtomicAmount(v)),
+        // Unreachable with a digits-only price, but a signed answer is never a price.
+        Ok(ParseUnits::I256(_)) => Err(refused()),
+        Err(_) => Err(format!(
+            "{price:?} is not a decimal price that fits in uint256"
+        )),
+    }
 }
 
-/// Formats atomic units as a dollar amount (`10000` with 6 decimals → `"0.01"`).
+/// Formats atomic units as a dollar amount (`10000` with 6 decimals → `"0.01"`): alloy's
+/// `format_units` without the trailing zeros.
 pub fn atomic_to_dollars(amount: AtomicAmount, decimals: u8) -> String {
-    let s = amount.0.to_string();
-    let d = usize::from(decimals);
-    // `s` is ASCII digits, but split without byte indexing all the same.
-    let (whole, frac) = match s.split_at_checked(s.len().saturating_sub(d)) {
-        Some((whole, frac)) if !whole.is_empty() => (whole.to_owned(), frac.to_owned()),
-        _ => ("0".to_owned(), format!("{s:0>d$}")),
+    let full = match format_units(amount.0, decimals) {
+        Ok(full) => full,
+        // More than 77 decimals (alloy's limit): a uint256 is then always under one whole unit.
+        Err(_) => format!("0.{:0>width$}", amount.0, width = usize::from(decimals)),
     };
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        whole
-    } else {
-        format!("{whole}.{frac}")
+    match full.split_once('.') {
+        Some((whole, frac)) => match frac.trim_end_matches('0') {
+            "" => whole.to_owned(),
+            frac => format!("{whole}.{frac}"),
+        },
+        None => full,
     }
 }
 
@@ -240,8 +252,40 @@ mod tests {
             assert_eq!(a, AtomicAmount::from_u64(atomic), "{price}");
             assert_eq!(atomic_to_dollars(a, 6), price);
         }
-        for bad in ["", ".5", "1.", "0.0000001", "-1", "1e2", "1,5", "abc"] {
+        for bad in [
+            "",
+            ".5",
+            "1.",
+            "0.0000001",
+            "-1",
+            "-0.5",
+            "+1",
+            "1e2",
+            "1,5",
+            "1_000",
+            "abc",
+            " 1",
+            "1.2.3",
+        ] {
             assert!(dollars_to_atomic(bad, 6).is_err(), "{bad:?} accepted");
+        }
+        // No decimals at all, and more than a uint256 holds.
+        assert_eq!(dollars_to_atomic("7", 0), Ok(AtomicAmount::from_u64(7)));
+        assert!(dollars_to_atomic("0.1", 0).is_err());
+        assert_eq!(atomic_to_dollars(AtomicAmount::from_u64(70), 0), "70");
+        assert!(dollars_to_atomic(&"9".repeat(78), 6).is_err());
+        assert_eq!(atomic_to_dollars(AtomicAmount(U256::MAX), 78).len(), 80);
+    }
+
+    proptest::proptest! {
+        /// Any atomic amount formats to a price that converts back to it, for every usual
+        /// number of decimals, and the price never has trailing zeros after its point.
+        #[test]
+        fn dollars_round_trip(atomic in proptest::num::u128::ANY, decimals in 0u8..=30) {
+            let amount = AtomicAmount(U256::from(atomic));
+            let price = atomic_to_dollars(amount, decimals);
+            proptest::prop_assert!(!price.contains('.') || !price.ends_with('0'), "{}", price);
+            proptest::prop_assert_eq!(dollars_to_atomic(&price, decimals), Ok(amount));
         }
     }
 

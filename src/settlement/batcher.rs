@@ -7,15 +7,41 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
+
 use super::fees::Quote;
 use super::tx::{self, ItemCalls};
 use super::{ChainCtx, Item, LaneHealth, StepError, ms_from_now, reconciler};
 use crate::ledger::Transition;
 
-/// Deferral of an item that could not be judged: doubling from one second, at most a minute.
+/// The longest an item that could not be judged is deferred.
+const DEFER_AT_MOST: Duration = Duration::from_secs(60);
+
+/// Deferral of an item that could not be judged for the `deferrals`-th time: doubling from one
+/// second, with up to as much again of jitter so items deferred together do not all come back in
+/// the same round, at most [`DEFER_AT_MOST`]. The count lives in the batcher (and the delay in
+/// the ledger's `not_before`), so the delay is the `deferrals`-th of backon's sequence.
 fn backoff(deferrals: u32) -> Duration {
-    Duration::from_secs(1u64 << deferrals.min(6)).min(Duration::from_secs(60))
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_max_delay(DEFER_AT_MOST)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        // Past the 6th the delay is the cap anyway; the bound keeps the walk short.
+        .nth(deferrals.min(6) as usize)
+        .map_or(DEFER_AT_MOST, |d| d.min(DEFER_AT_MOST))
 }
+
+/// After a failed round (the ledger or the node is unreachable): from half a second, doubling
+/// with jitter up to 5 s (at most 10 s with the jitter), for as long as it fails: the batcher
+/// never gives up, but an outage is not hammered. A successful round starts over.
+const ROUND_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(500))
+    .with_max_delay(Duration::from_secs(5))
+    .with_jitter()
+    .without_max_times();
 
 /// How often payments stranded in a finished batch are looked for (also once at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -23,6 +49,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub(super) async fn run(ctx: Arc<ChainCtx>) {
     let mut deferrals: HashMap<i64, u32> = HashMap::new();
     let mut swept: Option<std::time::Instant> = None;
+    let mut after_failure = ROUND_RETRY.build();
     loop {
         if swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             match sweep(&ctx).await {
@@ -42,14 +69,21 @@ pub(super) async fn run(ctx: Arc<ChainCtx>) {
             let _ = tokio::time::timeout(ctx.config.batch_window, ctx.lane_freed.notified()).await;
         }
         match round(&ctx, &mut deferrals).await {
-            Ok(true) => continue,
-            Ok(false) => {}
+            Ok(more) => {
+                after_failure = ROUND_RETRY.build();
+                if more {
+                    continue;
+                }
+            }
             Err(e) => {
                 ctx.count_ledger_error(&e);
-                tracing::warn!(network = %ctx.network_label, error = %e, "batcher round failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                let delay = after_failure.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(network = %ctx.network_label, error = %e, retry_in = ?delay, "batcher round failed; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
+        // A poll tick, not a retry: with nothing woken, look at the queue again each second
+        // (deferred items come due by time, and nothing notifies that).
         tokio::select! {
             _ = ctx.wake.notified() => {}
             _ = ctx.lane_freed.notified() => {}
@@ -209,9 +243,18 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {
-        assert_eq!(backoff(0), Duration::from_secs(1));
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(10), Duration::from_secs(60));
+        let secs = |s| Duration::from_secs(s);
+        for _ in 0..100 {
+            // Each delay is the doubled one plus less than as much again of jitter.
+            assert!((secs(1)..secs(2)).contains(&backoff(0)));
+            assert!((secs(2)..secs(4)).contains(&backoff(1)));
+            assert!((secs(8)..secs(16)).contains(&backoff(3)));
+            assert!((secs(32)..=secs(60)).contains(&backoff(5)));
+            assert_eq!(backoff(6), secs(60));
+            assert_eq!(backoff(u32::MAX), secs(60));
+        }
+        // The jitter spreads items deferred together.
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(3)).collect();
+        assert!(spread.len() > 1, "{spread:?}");
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::{B256, Bytes, U256};
 use alloy::signers::local::PrivateKeySigner;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -92,12 +93,23 @@ pub(super) async fn run(
         needed: U256::ZERO,
         balance_checked: Instant::now(),
     };
+    // Recovery is retried until it succeeds (a lane cannot work without it): from one second,
+    // doubling with jitter up to 5 s (at most 10 s with the jitter).
+    let mut retry = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
     while let Err(e) = lane.recover().await {
         lane.ctx.count_ledger_error(&e);
-        tracing::warn!(wallet = %lane.shared.wallet, error = %e, "lane recovery failed; retrying");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let delay = retry.next().unwrap_or(Duration::from_secs(5));
+        tracing::warn!(wallet = %lane.shared.wallet, error = %e, retry_in = ?delay, "lane recovery failed; retrying");
+        tokio::time::sleep(delay).await;
     }
     loop {
+        // The lane's poll tick, not a retry: receipts are looked for at this rate while anything
+        // is in flight (a failed poll or heal is simply tried again at the next tick).
         let poll = if lane.slots.is_empty() {
             Duration::from_secs(1)
         } else {

@@ -10,6 +10,7 @@ use alloy::primitives::{Address, B256, U256};
 use alloy::rpc::types::TransactionReceipt;
 use alloy::serde::WithOtherFields;
 use alloy::sol_types::SolEvent;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::json;
 
 use super::{ChainCtx, StepError, reconciler};
@@ -251,24 +252,36 @@ pub(super) async fn on_receipt(
 const SHALLOW_DEPTH: u64 = 64;
 const DEEP_CHECK_EVERY: Duration = Duration::from_secs(30);
 
+/// After a failed finality check: from one second, doubling with jitter up to 5 s (at most 10 s
+/// with the jitter), for as long as it fails. A successful check starts over.
+const CHECK_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_secs(1))
+    .with_max_delay(Duration::from_secs(5))
+    .with_jitter()
+    .without_max_times();
+
 /// Follows a chain's settled payments: confirmations, finality, reorgs.
 pub(super) async fn run_finality(ctx: std::sync::Arc<ChainCtx>) {
     let tick = ctx.config.receipt_poll.max(Duration::from_millis(100));
     let mut last_head: Option<Tip> = None;
     let mut last_deep = Instant::now();
+    let mut after_failure = CHECK_RETRY.build();
     loop {
+        // The poll tick (a new head is looked for at the receipt poll rate), not a retry.
         tokio::time::sleep(tick).await;
         let deep = last_deep.elapsed() >= DEEP_CHECK_EVERY;
         match check(&ctx, &mut last_head, deep).await {
             Ok(()) => {
+                after_failure = CHECK_RETRY.build();
                 if deep {
                     last_deep = Instant::now();
                 }
             }
             Err(e) => {
                 ctx.count_ledger_error(&e);
-                tracing::warn!(network = %ctx.network_label, error = %e, "finality check failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let delay = after_failure.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(network = %ctx.network_label, error = %e, retry_in = ?delay, "finality check failed; retrying");
+                tokio::time::sleep(delay).await;
             }
         }
     }
