@@ -443,6 +443,8 @@ impl DevChain {
             .send_transaction(tx)
             .await
             .map_err(chain_err)?
+            // A transaction the node dropped would otherwise be waited for forever.
+            .with_timeout(Some(std::time::Duration::from_secs(60)))
             .get_receipt()
             .await
             .map_err(chain_err)
