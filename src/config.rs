@@ -300,6 +300,10 @@ pub struct ServerConfig {
     /// not public and has no key refuses to start (an open facilitator pays anyone's gas).
     #[serde(default)]
     pub public: bool,
+    /// Requests a minute per client IP on every facilitator route (a burst of that many, then
+    /// evenly replenished); unset: no per-IP limit (behind a proxy every client shares its IP).
+    #[serde(default)]
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -308,6 +312,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             body_limit_bytes: default_body_limit(),
             public: false,
+            rate_limit_per_minute: None,
         }
     }
 }

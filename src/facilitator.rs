@@ -333,13 +333,13 @@ impl Facilitator {
             .map(|_| ())
     }
 
-    /// Who is calling: the API key in an `Authorization` header value (checked against the
-    /// request's `payTo`), or `None` for an anonymous caller of a public node.
+    /// Who is calling: the API key in an `Authorization` header value (checked against its rate
+    /// and the request's `payTo`), or no key for an anonymous caller of a public node.
     pub async fn authorize(
         &self,
         authorization: Option<&[u8]>,
         request: &FacilitatorRequest,
-    ) -> Result<Option<ApiKeyRecord>, FacilitatorError> {
+    ) -> Result<access::Caller, FacilitatorError> {
         let key = self
             .access
             .caller(&self.ledger, authorization)
@@ -349,10 +349,12 @@ impl Facilitator {
                     self.metrics.ledger_errors.inc();
                 }
             })?;
+        let mut rate = None;
         if let Some(k) = &key {
+            rate = self.access.check_rate(k).await?;
             access::check_pay_to(k, request.requirements.pay_to)?;
         }
-        Ok(key)
+        Ok(access::Caller { key, rate })
     }
 
     /// Settles a payment for this process's own merchant (no API key).

@@ -13,6 +13,7 @@ pub mod exact;
 pub mod facilitator;
 pub mod http;
 pub mod ledger;
+pub mod limits;
 pub mod merchant;
 pub mod protocol;
 pub mod settlement;

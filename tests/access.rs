@@ -163,4 +163,78 @@ async fn a_private_node_serves_only_its_keys_within_their_payees_and_budgets() {
     }
     let (ok, listed, _) = keys(&h, &path, &["list"]);
     assert!(ok && listed.contains("revoked"), "{listed}");
+
+    // A key's own rate: a burst of 3, then 429 with Retry-After.
+    let (ok, slow, err) = keys(
+        &h,
+        &path,
+        &["create", "--name", "slow", "--per-minute", "3"],
+    );
+    assert!(ok, "{err}");
+    let slow = slow.trim().to_owned();
+    for left in (0..3).rev() {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/verify"))
+            .bearer_auth(&slow)
+            .json(&bodies[2])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-remaining"], left.to_string());
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{url}/verify"))
+        .bearer_auth(&slow)
+        .json(&bodies[2])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["error"], "rate_limited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_facilitator_route_is_limited_per_ip_when_configured() {
+    let h = Harness::start_with(HarnessOptions {
+        in_process: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let text = h.config_text.replace(
+        "public = true",
+        "public = true\n            rate_limit_per_minute = 5",
+    );
+    let server = RunningServer::start(&Config::from_toml(&text, &h.config_env()).unwrap())
+        .await
+        .unwrap();
+    let url = server.url();
+    let routes = [
+        "/supported",
+        "/health",
+        "/discovery/resources",
+        "/supported",
+        "/health",
+    ];
+    for (i, route) in routes.iter().enumerate() {
+        let r = reqwest::get(format!("{url}{route}")).await.unwrap();
+        assert_eq!(r.status(), 200, "{route}");
+        assert_eq!(r.headers()["x-ratelimit-remaining"], (4 - i).to_string());
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{url}/verify"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "the limit covers every route");
+    assert!(r.headers().contains_key("retry-after"));
 }

@@ -3,12 +3,13 @@
 //! (`server.public = true`); a public node still honours a key that is presented.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::{Address, U256, keccak256};
 
 use crate::ledger::{ApiKeyRecord, Ledger, LedgerError};
+use crate::limits::{InProcess, RateLimitBackend, Verdict};
 
 /// How long a key's record is trusted from memory: a revocation takes effect within this.
 const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -32,8 +33,24 @@ pub enum AccessError {
         spent: U256,
         amount: U256,
     },
+    #[error(
+        "more than {per_minute} requests a minute with this API key; retry in {retry_after_secs} s"
+    )]
+    RateLimited {
+        per_minute: u32,
+        retry_after_secs: u64,
+    },
     #[error("ledger unavailable: {0}")]
     Ledger(#[from] LedgerError),
+}
+
+/// An authorised caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `None`: an anonymous caller of a public node.
+    pub key: Option<ApiKeyRecord>,
+    /// Where the key stands against its rate, when it has one (for `X-RateLimit-Remaining`).
+    pub rate: Option<Verdict>,
 }
 
 /// A new key: the text handed to its owner once, and the record stored.
@@ -84,10 +101,19 @@ fn split_key(text: &str) -> Option<(&str, &str)> {
 }
 
 /// Checks callers against the keys in the ledger.
-#[derive(Debug)]
 pub struct Access {
     public: bool,
     cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
+    /// One limiter per distinct `per_minute` (a governor quota is per limiter), keyed by key id.
+    limiters: Mutex<HashMap<u32, Arc<InProcess<String>>>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Access {
@@ -95,6 +121,31 @@ impl Access {
         Access {
             public,
             cache: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a request of `key` against its `per_minute`, if it has one.
+    ///
+    /// # Errors
+    /// Past the key's rate.
+    pub async fn check_rate(&self, key: &ApiKeyRecord) -> Result<Option<Verdict>, AccessError> {
+        let Some(per_minute) = key.per_minute else {
+            return Ok(None);
+        };
+        let limiter = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(per_minute)
+            .or_insert_with(|| Arc::new(InProcess::new(per_minute)))
+            .clone();
+        match limiter.check(key.id.clone()).await {
+            Verdict::Limited { retry_after_secs } => Err(AccessError::RateLimited {
+                per_minute,
+                retry_after_secs,
+            }),
+            allowed => Ok(Some(allowed)),
         }
     }
 

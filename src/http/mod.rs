@@ -3,6 +3,7 @@
 pub mod ops;
 pub mod server;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::Json;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 use crate::facilitator::access::AccessError;
 use crate::facilitator::{Facilitator, FacilitatorError};
+use crate::limits::{RateLimitBackend, Verdict};
 use crate::protocol::discovery::DiscoveryItem;
 use crate::protocol::{BadRequest, FacilitatorRequest, parse_facilitator_request};
 
@@ -28,14 +30,22 @@ pub struct AppState {
     pub local_discovery: Arc<Vec<DiscoveryItem>>,
 }
 
+/// The facilitator routes' per-IP limit.
+#[derive(Clone)]
+struct IpLimit {
+    per_minute: u32,
+    backend: Arc<dyn RateLimitBackend<IpAddr>>,
+}
+
 /// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observed`].
 /// `local_discovery`: what the Bazaar lists besides what settled payments declared.
 pub fn router(
     facilitator: Arc<Facilitator>,
     body_limit: usize,
     local_discovery: Vec<DiscoveryItem>,
+    ip_limit_per_minute: Option<u32>,
 ) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/verify", post(verify))
         .route("/settle", post(settle))
         .route("/supported", get(supported))
@@ -50,7 +60,44 @@ pub fn router(
         .with_state(AppState {
             facilitator,
             local_discovery: Arc::new(local_discovery),
-        })
+        });
+    match ip_limit_per_minute {
+        None => routes,
+        Some(per_minute) => routes.layer(axum::middleware::from_fn_with_state(
+            IpLimit {
+                per_minute,
+                backend: Arc::new(crate::limits::InProcess::new(per_minute)),
+            },
+            limit_ip,
+        )),
+    }
+}
+
+/// 429 with `Retry-After` past the per-IP rate; `X-RateLimit-Remaining` on every answer.
+async fn limit_ip(
+    State(limit): State<IpLimit>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let verdict = limit.backend.check(ip).await;
+    let mut response = match verdict {
+        Verdict::Allowed { .. } => next.run(request).await,
+        Verdict::Limited { retry_after_secs } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "more than {} requests a minute from this address; retry in {retry_after_secs} s",
+                limit.per_minute
+            ),
+        )
+        .into_response(),
+    };
+    crate::limits::annotate(response.headers_mut(), verdict);
+    response
 }
 
 /// An error answer: `{error, message}` with a status.
@@ -58,6 +105,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Seconds for `Retry-After` (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -66,6 +115,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -77,6 +127,14 @@ impl IntoResponse for ApiError {
             Json(json!({"error": self.code, "message": self.message})),
         )
             .into_response();
+        if let Some(secs) = self.retry_after {
+            crate::limits::annotate(
+                response.headers_mut(),
+                crate::limits::Verdict::Limited {
+                    retry_after_secs: secs,
+                },
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -137,12 +195,22 @@ fn access_error(e: AccessError) -> ApiError {
         AccessError::Missing | AccessError::Invalid => (StatusCode::UNAUTHORIZED, "unauthorized"),
         AccessError::PayToNotAllowed(_) => (StatusCode::FORBIDDEN, "pay_to_not_allowed"),
         AccessError::BudgetExhausted { .. } => (StatusCode::FORBIDDEN, "budget_exhausted"),
+        AccessError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         AccessError::Ledger(_) => {
             tracing::error!(error = %e, "ledger unavailable");
             (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable")
         }
     };
-    ApiError::new(status, code, e.to_string())
+    let retry_after = match &e {
+        AccessError::RateLimited {
+            retry_after_secs, ..
+        } => Some(*retry_after_secs),
+        _ => None,
+    };
+    ApiError {
+        retry_after,
+        ..ApiError::new(status, code, e.to_string())
+    }
 }
 
 impl From<BytesRejection> for ApiError {
@@ -163,17 +231,14 @@ async fn verify(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let request = parse_facilitator_request(&body?)?;
-    state
+    let caller = state
         .facilitator
         .authorize(bearer(&headers), &request)
         .await?;
     let answer = state.facilitator.verify(&request).await?;
     // Catalogued only once the payment settles (see `Facilitator::catalogue`).
     let bazaar = bazaar_response(&request, false);
-    Ok(with_extension_responses(
-        Json(answer).into_response(),
-        bazaar,
-    ))
+    Ok(annotated(Json(answer).into_response(), bazaar, caller.rate))
 }
 
 async fn settle(
@@ -183,19 +248,16 @@ async fn settle(
 ) -> Result<Response, ApiError> {
     let body = body?;
     let request = parse_facilitator_request(&body)?;
-    let key = state
+    let caller = state
         .facilitator
         .authorize(bearer(&headers), &request)
         .await?;
     let answer = state
         .facilitator
-        .settle_as(&request, &body, key.as_ref())
+        .settle_as(&request, &body, caller.key.as_ref())
         .await?;
     let bazaar = bazaar_response(&request, answer.success);
-    Ok(with_extension_responses(
-        Json(answer).into_response(),
-        bazaar,
-    ))
+    Ok(annotated(Json(answer).into_response(), bazaar, caller.rate))
 }
 
 /// The `bazaar` entry of `EXTENSION-RESPONSES`, when the payment declared one.
@@ -207,8 +269,16 @@ fn bazaar_response(request: &FacilitatorRequest, settled: bool) -> Option<serde_
     }
 }
 
-/// Adds `EXTENSION-RESPONSES` (base64 JSON keyed by extension) when there is something to say.
-fn with_extension_responses(mut response: Response, bazaar: Option<serde_json::Value>) -> Response {
+/// Adds `EXTENSION-RESPONSES` (base64 JSON keyed by extension) when there is something to say,
+/// and the key's rate headers when it has a rate.
+fn annotated(
+    mut response: Response,
+    bazaar: Option<serde_json::Value>,
+    rate: Option<Verdict>,
+) -> Response {
+    if let Some(v) = rate {
+        crate::limits::annotate(response.headers_mut(), v);
+    }
     if let Some(b) = bazaar {
         let encoded = crate::protocol::encode_header(&json!({ "bazaar": b }));
         if let Ok(v) = axum::http::HeaderValue::from_str(&encoded) {

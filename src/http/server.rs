@@ -46,8 +46,12 @@ impl RunningServer {
             .as_ref()
             .map(|d| d.discovery_items())
             .unwrap_or_default();
-        let mut app =
-            crate::http::router(facilitator.clone(), config.server.body_limit_bytes, local);
+        let mut app = crate::http::router(
+            facilitator.clone(),
+            config.server.body_limit_bytes,
+            local,
+            config.server.rate_limit_per_minute,
+        );
         if let Some(dial) = &dial {
             app = app.merge(dial.router());
         }

@@ -8,7 +8,6 @@ mod discovery;
 pub mod link;
 pub mod paywall;
 pub mod providers;
-pub mod ratelimit;
 pub mod siwe;
 pub mod sms;
 pub mod store;
@@ -18,7 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -27,10 +26,10 @@ use tower_http::cors::{Any, CorsLayer};
 use crate::chain::Chains;
 use crate::config::{Config, DialConfig, DialProvider};
 use crate::facilitator::Facilitator;
+use crate::limits::{RateLimitBackend, Verdict};
 use link::{FacilitatorLink, InProcess, OverHttp};
 use paywall::{OfferAsset, Paywall, PaywallState, PublicUrl, dial_error};
 use providers::{EsimProvider, NumberProvider, Sandbox, SmsProvider, Twilio, VerificationProvider};
-use ratelimit::{RateLimitBackend, Verdict};
 use store::Store;
 
 /// Why Dial could not start.
@@ -61,7 +60,7 @@ pub struct Dial {
     esims: Arc<dyn EsimProvider>,
     verifications: Arc<dyn VerificationProvider>,
     default_sender: String,
-    limiter: Arc<dyn RateLimitBackend>,
+    limiter: Arc<dyn RateLimitBackend<IpAddr>>,
 }
 
 impl Dial {
@@ -135,7 +134,7 @@ impl Dial {
             esims: Arc::new(Sandbox),
             verifications: Arc::new(Sandbox),
             default_sender,
-            limiter: Arc::new(ratelimit::InProcess::new(dial.rate_limit_per_minute)),
+            limiter: Arc::new(crate::limits::InProcess::new(dial.rate_limit_per_minute)),
         }))
     }
 
@@ -198,7 +197,7 @@ impl Dial {
     }
 }
 
-/// The per-IP limit ([`ratelimit`]): 429 with `Retry-After` past it, `X-RateLimit-Remaining`
+/// The per-IP limit ([`crate::limits`]): 429 with `Retry-After` past it, `X-RateLimit-Remaining`
 /// (what the client may still send at once) on every answer.
 async fn rate_limit(State(dial): State<Arc<Dial>>, request: Request, next: Next) -> Response {
     let ip = request
@@ -206,12 +205,11 @@ async fn rate_limit(State(dial): State<Arc<Dial>>, request: Request, next: Next)
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    match dial.limiter.check(ip).await {
-        Verdict::Allowed { remaining } => {
+    let verdict = dial.limiter.check(ip).await;
+    match verdict {
+        Verdict::Allowed { .. } => {
             let mut response = next.run(request).await;
-            response
-                .headers_mut()
-                .insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+            crate::limits::annotate(response.headers_mut(), verdict);
             response
         }
         Verdict::Limited { retry_after_secs } => {
@@ -223,12 +221,7 @@ async fn rate_limit(State(dial): State<Arc<Dial>>, request: Request, next: Next)
                     dial.config.rate_limit_per_minute
                 ),
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            response
-                .headers_mut()
-                .insert("x-ratelimit-remaining", HeaderValue::from(0u32));
+            crate::limits::annotate(response.headers_mut(), verdict);
             response
         }
     }

@@ -252,7 +252,11 @@ impl Harness {
             ledger_url,
             _ledger_dir: ledger_dir,
             server,
-            http: reqwest::Client::new(),
+            // Bounded: a request that never returns fails its test instead of hanging the suite.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(90))
+                .build()
+                .unwrap(),
             pay_to,
             extra_token,
             fee_token,
