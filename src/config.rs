@@ -304,6 +304,13 @@ pub struct ServerConfig {
     /// evenly replenished); unset: no per-IP limit (behind a proxy every client shares its IP).
     #[serde(default)]
     pub rate_limit_per_minute: Option<u32>,
+    /// `/settle` requests in progress at once; past it, 503 `overloaded` at once.
+    #[serde(default = "default_max_concurrent_settles")]
+    pub max_concurrent_settles: usize,
+}
+
+fn default_max_concurrent_settles() -> usize {
+    4096
 }
 
 impl Default for ServerConfig {
@@ -313,6 +320,7 @@ impl Default for ServerConfig {
             body_limit_bytes: default_body_limit(),
             public: false,
             rate_limit_per_minute: None,
+            max_concurrent_settles: default_max_concurrent_settles(),
         }
     }
 }

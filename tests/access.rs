@@ -238,3 +238,51 @@ async fn every_facilitator_route_is_limited_per_ip_when_configured() {
     assert_eq!(r.status(), 429, "the limit covers every route");
     assert!(r.headers().contains_key("retry-after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_past_the_concurrency_limit_are_shed_at_once_and_lose_nothing() {
+    use alloy::providers::ext::AnvilApi;
+    let h = Harness::start_with(HarnessOptions {
+        in_process: false,
+        settlement: "settle_timeout_seconds = 3".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let text = h.config_text.replace(
+        "public = true",
+        "public = true\n            max_concurrent_settles = 1",
+    );
+    let server = RunningServer::start(&Config::from_toml(&text, &h.config_env()).unwrap())
+        .await
+        .unwrap();
+    let url = server.url();
+    let payers = h.funded_payers(2, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let first = h.body(2, &req, &h.sign(&payers[0], &req));
+    let second = h.body(2, &req, &h.sign(&payers[1], &req));
+    // Mining paused: the first settlement waits out its 3 s for a receipt, holding the one slot.
+    h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move { call(&url, "/settle", None, &first).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let (status, shed, _) = call(&url, "/settle", None, &second).await;
+    assert_eq!(status, 503, "{shed}");
+    assert_eq!(shed["error"], "overloaded");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "shed at once, not queued"
+    );
+    let (status, pending, _) = waiting.await.unwrap();
+    assert_eq!(status, 200, "{pending}");
+    assert_eq!(pending["errorReason"], "settlement_pending", "{pending}");
+    h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
+    h.chain.provider().evm_mine(None).await.unwrap();
+    // Nothing was lost: the shed payment settles when sent again, the first one too.
+    let (_, again, _) = call(&url, "/settle", None, &second).await;
+    assert_eq!(again["success"], true, "{again}");
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(2 * ONE_CENT));
+}

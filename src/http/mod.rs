@@ -37,17 +37,54 @@ struct IpLimit {
     backend: Arc<dyn RateLimitBackend<IpAddr>>,
 }
 
+/// How the facilitator's routes are guarded, and what the Bazaar lists of this process's own.
+pub struct RouterOptions {
+    pub body_limit: usize,
+    /// What the Bazaar lists besides what settled payments declared (Dial's routes).
+    pub local_discovery: Vec<DiscoveryItem>,
+    pub ip_limit_per_minute: Option<u32>,
+    /// `/settle` requests in progress at once; more are shed with 503 at once (not queued).
+    pub max_concurrent_settles: usize,
+    /// A `/settle` still running after this is answered 503 (the facilitator's own wait ends
+    /// well before; this bounds anything else that could hold a connection).
+    pub settle_deadline: std::time::Duration,
+}
+
 /// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observed`].
-/// `local_discovery`: what the Bazaar lists besides what settled payments declared.
-pub fn router(
-    facilitator: Arc<Facilitator>,
-    body_limit: usize,
-    local_discovery: Vec<DiscoveryItem>,
-    ip_limit_per_minute: Option<u32>,
-) -> Router {
+pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
+    let RouterOptions {
+        body_limit,
+        local_discovery,
+        ip_limit_per_minute,
+        max_concurrent_settles,
+        settle_deadline,
+    } = options;
+    let guarded_settle = post(settle).layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |e: tower::BoxError| async move {
+                    if e.is::<tower::timeout::error::Elapsed>() {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "settle_timeout",
+                            "the settlement took too long to answer; retry with the same payload",
+                        )
+                    } else {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "overloaded",
+                            "too many settlements in progress; retry shortly with the same payload",
+                        )
+                    }
+                },
+            ))
+            .load_shed()
+            .concurrency_limit(max_concurrent_settles.max(1))
+            .timeout(settle_deadline),
+    );
     let routes = Router::new()
         .route("/verify", post(verify))
-        .route("/settle", post(settle))
+        .route("/settle", guarded_settle)
         .route("/supported", get(supported))
         .route("/discovery/resources", get(discovery))
         .route("/health", get(health))

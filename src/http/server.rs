@@ -48,9 +48,15 @@ impl RunningServer {
             .unwrap_or_default();
         let mut app = crate::http::router(
             facilitator.clone(),
-            config.server.body_limit_bytes,
-            local,
-            config.server.rate_limit_per_minute,
+            crate::http::RouterOptions {
+                body_limit: config.server.body_limit_bytes,
+                local_discovery: local,
+                ip_limit_per_minute: config.server.rate_limit_per_minute,
+                max_concurrent_settles: config.server.max_concurrent_settles,
+                settle_deadline: std::time::Duration::from_secs(
+                    config.settlement.settle_timeout_seconds + 30,
+                ),
+            },
         );
         if let Some(dial) = &dial {
             app = app.merge(dial.router());
