@@ -307,6 +307,10 @@ pub struct ServerConfig {
     /// `/settle` requests in progress at once; past it, 503 `overloaded` at once.
     #[serde(default = "default_max_concurrent_settles")]
     pub max_concurrent_settles: usize,
+    /// A second listener for `/ready`, `/metrics`, `/status` and the operator page, which then
+    /// leave the public one (keep them on a private interface).
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 fn default_max_concurrent_settles() -> usize {
@@ -321,6 +325,7 @@ impl Default for ServerConfig {
             public: false,
             rate_limit_per_minute: None,
             max_concurrent_settles: default_max_concurrent_settles(),
+            admin_listen: None,
         }
     }
 }

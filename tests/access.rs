@@ -286,3 +286,50 @@ async fn settles_past_the_concurrency_limit_are_shed_at_once_and_lose_nothing() 
     assert_eq!(again["success"], true, "{again}");
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(2 * ONE_CENT));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
+    let h = Harness::start_with(HarnessOptions {
+        in_process: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let text = h.config_text.replace(
+        "public = true",
+        "public = true\n            admin_listen = \"127.0.0.1:0\"",
+    );
+    let server = RunningServer::start(&Config::from_toml(&text, &h.config_env()).unwrap())
+        .await
+        .unwrap();
+    let public = server.url();
+    let admin = server.admin_url().expect("an admin listener");
+    assert_ne!(public, admin);
+    for route in ["/metrics", "/status", "/ready", "/"] {
+        let off = reqwest::get(format!("{public}{route}")).await.unwrap();
+        assert_eq!(off.status(), 404, "{route} is not public");
+        let on = reqwest::get(format!("{admin}{route}")).await.unwrap();
+        assert!(
+            on.status().is_success(),
+            "{route} on the admin listener: {}",
+            on.status()
+        );
+    }
+    for route in ["/supported", "/health"] {
+        assert_eq!(
+            reqwest::get(format!("{public}{route}"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("x402d_http_requests_total"), "{metrics}");
+    server.stop().await;
+}

@@ -48,6 +48,9 @@ pub struct RouterOptions {
     /// A `/settle` still running after this is answered 503 (the facilitator's own wait ends
     /// well before; this bounds anything else that could hold a connection).
     pub settle_deadline: std::time::Duration,
+    /// Serve `/ready`, `/metrics`, `/status` and the operator page here too (false: they are on
+    /// the admin listener only, see [`admin_router`]).
+    pub ops_routes: bool,
 }
 
 /// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observed`].
@@ -58,6 +61,7 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
         ip_limit_per_minute,
         max_concurrent_settles,
         settle_deadline,
+        ops_routes,
     } = options;
     let guarded_settle = post(settle).layer(
         tower::ServiceBuilder::new()
@@ -87,11 +91,13 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
         .route("/settle", guarded_settle)
         .route("/supported", get(supported))
         .route("/discovery/resources", get(discovery))
-        .route("/health", get(health))
-        .route("/ready", get(ops::ready))
-        .route("/metrics", get(ops::metrics))
-        .route("/status", get(ops::status))
-        .route("/", get(ops::operator_page))
+        .route("/health", get(health));
+    let routes = if ops_routes {
+        with_ops_routes(routes)
+    } else {
+        routes
+    };
+    let routes = routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(AppState {
@@ -108,6 +114,26 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
             limit_ip,
         )),
     }
+}
+
+/// What an operator reads: readiness, metrics, status and the operator page.
+fn with_ops_routes(routes: Router<AppState>) -> Router<AppState> {
+    routes
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/status", get(ops::status))
+        .route("/", get(ops::operator_page))
+}
+
+/// The admin listener's router (`server.admin_listen`): the operator's routes and `/health`,
+/// kept off the public listener.
+pub fn admin_router(facilitator: Arc<Facilitator>) -> Router {
+    with_ops_routes(Router::new().route("/health", get(health)))
+        .fallback(not_found)
+        .with_state(AppState {
+            facilitator,
+            local_discovery: Arc::new(Vec::new()),
+        })
 }
 
 /// 429 with `Retry-After` past the per-IP rate; `X-RateLimit-Remaining` on every answer.

@@ -13,10 +13,42 @@ use crate::telemetry::Metrics;
 /// A running x402d: its address and a handle to stop it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The admin listener's address, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub facilitator: Arc<Facilitator>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     sampler: tokio::task::JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Serves `app` on `listener` until `stop` turns true.
+fn spawn_serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        // The peer address feeds the per-IP rate limits.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +88,7 @@ impl RunningServer {
                 settle_deadline: std::time::Duration::from_secs(
                     config.settlement.settle_timeout_seconds + 30,
                 ),
+                ops_routes: config.server.admin_listen.is_none(),
             },
         );
         if let Some(dial) = &dial {
@@ -63,35 +96,28 @@ impl RunningServer {
         }
         // Request ids, spans and request metrics for every route, Dial's included.
         let app = crate::http::ops::observed(app, metrics.clone());
-        let listen = config.server.listen;
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            // The peer address feeds Dial's per-IP rate limit.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let (listener, addr) = bind(config.server.listen).await?;
+        let (shutdown, stop) = tokio::sync::watch::channel(false);
+        let (admin_addr, admin_task) = match config.server.admin_listen {
+            None => (None, None),
+            Some(admin) => {
+                let (l, a) = bind(admin).await?;
+                let app = crate::http::ops::observed(
+                    crate::http::admin_router(facilitator.clone()),
+                    metrics.clone(),
+                );
+                (Some(a), Some(spawn_serve(l, app, stop.clone())))
+            }
+        };
+        let task = spawn_serve(listener, app, stop);
         let sampler = Metrics::spawn_sampler(&metrics);
         Ok(RunningServer {
             addr,
+            admin_addr,
             facilitator,
-            shutdown: Some(tx),
+            shutdown,
             task,
+            admin_task,
             sampler,
         })
     }
@@ -100,12 +126,18 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
+    /// The admin listener's URL, when there is one.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|a| format!("http://{a}"))
+    }
+
     /// Stops accepting, finishes in-flight requests, and returns.
     pub async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
+        if let Some(t) = self.admin_task.as_mut() {
+            let _ = t.await;
+        }
         self.sampler.abort();
     }
 
