@@ -247,12 +247,13 @@ async fn a_batch_waits_visibly_under_the_fee_ceiling_and_settles_when_fees_fall(
     else {
         return;
     };
+    // Funded before the spike: the funder's own transaction would be priced from a stale estimate.
+    let payer = h.funded_payer(ONE_CENT).await;
     let p = h.chain.provider();
     p.anvil_set_next_block_base_fee_per_gas(CEILING * 4)
         .await
         .unwrap();
     p.evm_mine(None).await.unwrap();
-    let payer = h.funded_payer(ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
     let body = h.body(2, &req, &h.sign(&payer, &req));
     let (code, pending) = h.settle(&body).await;

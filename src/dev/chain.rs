@@ -439,15 +439,40 @@ impl DevChain {
 
     /// Sends a transaction from the owner and waits for its receipt, whatever its status.
     pub async fn send(&self, tx: TransactionRequest) -> Result<TransactionReceipt, DevChainError> {
-        self.provider
+        let hash = *self
+            .provider
             .send_transaction(tx)
             .await
             .map_err(chain_err)?
-            // A transaction the node dropped would otherwise be waited for forever.
-            .with_timeout(Some(std::time::Duration::from_secs(60)))
-            .get_receipt()
-            .await
-            .map_err(chain_err)
+            .tx_hash();
+        // Polled by hand, and nudged: concurrent sends from one account may reach an automining
+        // anvil out of nonce order; the early one waits in the pool until some later transaction
+        // makes a block, and when it is the last one nothing ever does (seen as tests waiting
+        // forever). A block mined after 2 s without a receipt releases it.
+        let started = std::time::Instant::now();
+        let deadline = started + std::time::Duration::from_secs(60);
+        let mut nudge_at = started + std::time::Duration::from_secs(2);
+        loop {
+            if let Some(r) = self
+                .provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(chain_err)?
+            {
+                return Ok(r);
+            }
+            let now = std::time::Instant::now();
+            if now > deadline {
+                return Err(chain_err(format!(
+                    "transaction {hash} not mined within 60 s"
+                )));
+            }
+            if now > nudge_at {
+                self.provider.evm_mine(None).await.map_err(chain_err)?;
+                nudge_at = now + std::time::Duration::from_secs(2);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn mint(

@@ -215,6 +215,9 @@ pub(crate) struct ChainCtx {
     waiting: Mutex<Option<String>>,
     /// The most gas one plain item has used in our receipts.
     learned_item_gas: Mutex<Option<u64>>,
+    /// The highest block a receipt of ours was recorded in: the finality watcher's per-head check
+    /// must look at blocks it never saw as a head (a payment included and reorged between ticks).
+    newest_inclusion: std::sync::atomic::AtomicU64,
 }
 
 impl ChainCtx {
@@ -351,6 +354,7 @@ impl Settlement {
                 lane_freed: Notify::new(),
                 waiting: Mutex::new(None),
                 learned_item_gas: Mutex::new(None),
+                newest_inclusion: std::sync::atomic::AtomicU64::new(0),
             });
             for (signer, shared, rx) in receivers {
                 tasks.push(tokio::spawn(broadcaster::run(

@@ -187,6 +187,8 @@ pub(super) async fn on_receipt(
         *learned = Some(learned.map_or(per_item, |g| g.max(per_item)));
     }
     let confirmed = ctx.config.confirmations <= 1;
+    ctx.newest_inclusion
+        .fetch_max(mined.block_number, std::sync::atomic::Ordering::Relaxed);
     let moved = ctx
         .ledger
         .record_mined(tx_id, batch_id, &mined, &settled, confirmed)
@@ -359,7 +361,14 @@ async fn check(ctx: &ChainCtx, last_head: &mut Option<Tip>, deep: bool) -> Resul
         number: head_number,
         hash: head.hash,
     };
-    if !deep && !reorg_possible(ctx, *last_head, &head).await? {
+    // A payment recorded in a block above the last head seen sits in a block the parent links
+    // below never covered: its hash is compared too.
+    let unseen_inclusion = last_head.is_some_and(|t| {
+        ctx.newest_inclusion
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > t.number
+    });
+    if !deep && !unseen_inclusion && !reorg_possible(ctx, *last_head, &head).await? {
         confirm(ctx, head_number).await?;
         *last_head = Some(tip);
         return Ok(());

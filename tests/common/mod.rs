@@ -295,12 +295,14 @@ impl Harness {
 
     /// Fresh payers, each holding exactly `amount`.
     pub async fn funded_payers(&self, n: usize, amount: u64) -> Vec<PrivateKeySigner> {
-        use futures::StreamExt;
-        // Several mints in flight at once (the provider hands out the funder's nonces in order).
-        futures::stream::iter((0..n).map(|_| self.funded_payer(amount)))
-            .buffered(16)
-            .collect()
-            .await
+        // One mint at a time: concurrent sends from the funder sometimes left a mint in anvil's
+        // pool that was never mined (a test waiting forever under load); sequential costs a few
+        // seconds per thousand payers.
+        let mut payers = Vec::with_capacity(n);
+        for _ in 0..n {
+            payers.push(self.funded_payer(amount).await);
+        }
+        payers
     }
 
     /// A fresh payer holding `amount` of the test USDC.
