@@ -248,19 +248,7 @@ async fn chain_only_outlives_a_killed_serve_and_lists_every_gas_wallet() {
     assert_eq!(out.status, 200, "{}", out.body);
     assert!(out.receipt.is_some_and(|r| r.success));
     // SIGTERM, not SIGKILL: `x402d dev` stops its anvil on the way out.
-    let pid = chain.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let exit = tokio::time::timeout(Duration::from_secs(20), chain.wait())
-        .await
-        .expect("x402d dev --chain-only stops within 20 s of SIGTERM")
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    terminate(&mut chain).await;
 }
 
 /// `x402d dev --fork-url` against a running dev chain that plays Base (chain id 8453, USDC at its

@@ -444,38 +444,13 @@ impl Lane {
             Broadcast::FeeCapTooLow(why) => {
                 tracing::info!(tx = %a.hash, reason = %why, "fees rose past the quote; the batch is priced again");
                 self.ctx.fees.invalidate();
-                self.ctx
-                    .ledger
-                    .set_tx_status(a.tx_id, TxStatus::Dropped)
-                    .await?;
-                let Some(i) = self.slots.iter().position(|s| s.batch_id == batch_id) else {
-                    return Ok(());
-                };
-                self.slots[i].attempts.retain(|x| x.tx_id != a.tx_id);
-                if self.slots[i].attempts.is_empty() {
-                    self.finish(i);
-                    self.next_nonce = None;
-                    self.shared.resync.store(true, Ordering::Relaxed);
-                    let payments = self.in_batch(batch_id).await?;
+                if let Some(payments) = self.refused_attempt(batch_id, a).await? {
                     reconciler::repriced(&self.ctx, &payments, &why).await?;
                 }
             }
             Broadcast::Refused(why) => {
                 tracing::warn!(tx = %a.hash, reason = %why, "node refused the transaction");
-                self.ctx
-                    .ledger
-                    .set_tx_status(a.tx_id, TxStatus::Dropped)
-                    .await?;
-                let Some(i) = self.slots.iter().position(|s| s.batch_id == batch_id) else {
-                    return Ok(());
-                };
-                self.slots[i].attempts.retain(|x| x.tx_id != a.tx_id);
-                if self.slots[i].attempts.is_empty() {
-                    // Never in any pool: its nonce is free again and its payments go back.
-                    self.finish(i);
-                    self.next_nonce = None;
-                    self.shared.resync.store(true, Ordering::Relaxed);
-                    let payments = self.in_batch(batch_id).await?;
+                if let Some(payments) = self.refused_attempt(batch_id, a).await? {
                     reconciler::unsettled(
                         &self.ctx,
                         &payments,
@@ -486,6 +461,30 @@ impl Lane {
             }
         }
         Ok(())
+    }
+
+    /// Forgets an attempt the node refused. When it was the slot's last, the slot ends (never in
+    /// any pool: its nonce is free again) and its payments are returned for the caller to requeue.
+    async fn refused_attempt(
+        &mut self,
+        batch_id: i64,
+        a: &Attempt,
+    ) -> Result<Option<Vec<crate::ledger::Payment>>, StepError> {
+        self.ctx
+            .ledger
+            .set_tx_status(a.tx_id, TxStatus::Dropped)
+            .await?;
+        let Some(i) = self.slots.iter().position(|s| s.batch_id == batch_id) else {
+            return Ok(None);
+        };
+        self.slots[i].attempts.retain(|x| x.tx_id != a.tx_id);
+        if !self.slots[i].attempts.is_empty() {
+            return Ok(None);
+        }
+        self.finish(i);
+        self.next_nonce = None;
+        self.shared.resync.store(true, Ordering::Relaxed);
+        Ok(Some(self.in_batch(batch_id).await?))
     }
 
     async fn in_batch(&self, batch_id: i64) -> Result<Vec<crate::ledger::Payment>, StepError> {
