@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
             name: Some("USDC".into()),
             version: Some("2".into()),
             asset_transfer_method: None,
+            facilitator_address: None,
         }),
     };
     let payer = PrivateKeySigner::random();

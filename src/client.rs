@@ -1,5 +1,6 @@
-//! The paying side: sign an EIP-3009 authorization for a requirement and wrap it in a v1 or v2
-//! payload. Used by `x402d pay`, the tests and the benchmarks.
+//! The paying side: sign an EIP-3009 authorization or a Permit2 witness transfer (`exact` with
+//! Permit2, `upto`) for a requirement and wrap it in a v1 or v2 payload. Used by `x402d pay`, the
+//! tests and the benchmarks.
 
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::signers::SignerSync;
@@ -8,8 +9,10 @@ use alloy::sol_types::Eip712Domain;
 use serde_json::{Value, json};
 
 use crate::exact::authorization_digest;
+use crate::exact::permit2::Scheme;
 use crate::protocol::wire::{
-    Eip3009Authorization, ExactEvmPayload, RequirementsV1, RequirementsV2,
+    Eip3009Authorization, ExactEvmPayload, Permit2Authorization, Permit2Payload, Permit2Permitted,
+    Permit2Witness, RequirementsV1, RequirementsV2,
 };
 use crate::protocol::{AtomicAmount, ChainId};
 
@@ -21,6 +24,8 @@ pub enum SignError {
     Network(String),
     #[error("signing failed: {0}")]
     Signer(String),
+    #[error("an upto requirement must name extra.facilitatorAddress")]
+    MissingFacilitator,
 }
 
 /// What to sign: the time window and nonce are the client's choice.
@@ -94,6 +99,75 @@ pub fn domain_separator(chain: ChainId, asset: Address, name: &str, version: &st
     .separator()
 }
 
+/// Signs a Permit2 witness transfer of `authorization` (its `from` is the signer's address) for
+/// `scheme`'s proxy, under Permit2's domain at `permit2` on `chain`.
+pub fn sign_permit2(
+    signer: &PrivateKeySigner,
+    chain: ChainId,
+    permit2: Address,
+    scheme: Scheme,
+    mut authorization: Permit2Authorization,
+) -> Result<Permit2Payload, SignError> {
+    authorization.from = signer.address();
+    let digest = crate::exact::permit2::digest(chain.0, permit2, &authorization, scheme);
+    let signature = signer
+        .sign_hash_sync(&digest)
+        .map_err(|e| SignError::Signer(e.to_string()))?;
+    Ok(Permit2Payload {
+        signature: Bytes::from(signature.as_bytes().to_vec()),
+        permit2_authorization: authorization,
+    })
+}
+
+/// Signs a Permit2 payment for a v2 requirement (`exact` with `assetTransferMethod: "permit2"`,
+/// or `upto`: then `req.amount` is the maximum and `extra.facilitatorAddress` the wallet bound),
+/// with the canonical Permit2 and proxies, a random nonce and `deadline = now + timeout`.
+pub fn sign_permit2_for_v2(
+    signer: &PrivateKeySigner,
+    req: &RequirementsV2,
+    now: u64,
+) -> Result<Permit2Payload, SignError> {
+    use crate::chain::bindings::{EXACT_PERMIT2_PROXY, PERMIT2, UPTO_PERMIT2_PROXY};
+    let chain =
+        ChainId::from_caip2(&req.network).ok_or_else(|| SignError::Network(req.network.clone()))?;
+    let (scheme, spender, facilitator) = if req.scheme == "upto" {
+        let facilitator = req
+            .extra
+            .as_ref()
+            .and_then(|e| e.facilitator_address)
+            .ok_or(SignError::MissingFacilitator)?;
+        (Scheme::Upto, UPTO_PERMIT2_PROXY, Some(facilitator))
+    } else {
+        (Scheme::Exact, EXACT_PERMIT2_PROXY, None)
+    };
+    let authorization = Permit2Authorization {
+        from: signer.address(),
+        permitted: Permit2Permitted {
+            token: req.asset,
+            amount: req.amount,
+        },
+        spender,
+        nonce: U256::from_be_bytes(B256::random().0),
+        deadline: U256::from(now + req.max_timeout_seconds),
+        witness: Permit2Witness {
+            to: req.pay_to,
+            facilitator,
+            valid_after: U256::from(now.saturating_sub(600)),
+        },
+    };
+    sign_permit2(signer, chain, PERMIT2, scheme, authorization)
+}
+
+/// Whether a v2 offer is paid with a Permit2 signature.
+pub fn is_permit2_offer(req: &RequirementsV2) -> bool {
+    req.scheme == "upto"
+        || req
+            .extra
+            .as_ref()
+            .and_then(|e| e.asset_transfer_method.as_deref())
+            == Some("permit2")
+}
+
 /// Signs a payment for a v2 requirement.
 pub fn sign_for_v2(
     signer: &PrivateKeySigner,
@@ -112,7 +186,7 @@ pub fn sign_for_v2(
 }
 
 /// A v2 payment payload (the JSON that `PAYMENT-SIGNATURE` carries in base64).
-pub fn payload_v2(accepted: &RequirementsV2, payload: &ExactEvmPayload) -> Value {
+pub fn payload_v2(accepted: &RequirementsV2, payload: &impl serde::Serialize) -> Value {
     json!({"x402Version": 2, "accepted": accepted, "payload": payload})
 }
 
@@ -252,7 +326,7 @@ pub async fn pay(
     let offer = offers
         .into_iter()
         .find(|o| {
-            o.scheme == "exact"
+            (o.scheme == "exact" || (o.scheme == "upto" && !req.force_v1))
                 && matches_network(o)
                 && req.asset.is_none_or(|a| a == o.asset)
                 && (!req.force_v1 || v1_name(&o.network).is_some())
@@ -267,6 +341,20 @@ pub async fn pay(
         });
     }
     let now = crate::clock::unix_now();
+    if is_permit2_offer(&offer) {
+        // Permit2 is v2 only. For upto the price is a maximum: the server charges at most it.
+        let signed = sign_permit2_for_v2(signer, &offer, now)?;
+        let mut p = payload_v2(&offer, &signed);
+        if let Some(r) = resource {
+            p["resource"] = r;
+        }
+        let paid = send(Some((
+            "payment-signature",
+            crate::protocol::encode_header(&p),
+        )))
+        .await?;
+        return finish(paid, offer).await;
+    }
     let signed = sign_for_v2(signer, &offer, now)?;
     let (name, payload) = if req.force_v1 || v1_only {
         let v1 = RequirementsV1 {
@@ -291,6 +379,12 @@ pub async fn pay(
         ("payment-signature", p)
     };
     let paid = send(Some((name, crate::protocol::encode_header(&payload)))).await?;
+    finish(paid, offer).await
+}
+
+/// The paid answer with its decoded settlement receipt.
+async fn finish(paid: reqwest::Response, offer: RequirementsV2) -> Result<PayOutcome, PayError> {
+    use crate::protocol::decode_header;
     let status = paid.status().as_u16();
     let receipt = ["payment-response", "x-payment-response"]
         .iter()

@@ -358,6 +358,9 @@ pub struct NetworkConfig {
     /// included); none by default. Over it, payments wait (visible in `/status`).
     #[serde(default)]
     pub daily_gas_budget_wei: Option<u64>,
+    /// Permit2 and the x402 proxies on this chain.
+    #[serde(default)]
+    pub permit2: Permit2Config,
 }
 
 /// A chain's fee policy: `max_fee_per_gas = next base fee × base_fee_multiplier + tip`, the tip the
@@ -409,7 +412,8 @@ pub struct TokenConfig {
     pub address: Address,
     /// EIP-712 domain name, exactly as the token's `name()` (USDC on Base: "USD Coin").
     pub name: String,
-    /// EIP-712 domain version (USDC: "2").
+    /// EIP-712 domain version (USDC: "2"); only EIP-3009 needs it.
+    #[serde(default)]
     pub version: String,
     pub decimals: u8,
     #[serde(default)]
@@ -421,6 +425,36 @@ pub struct TokenConfig {
     /// Largest payment accepted, in atomic units (default: no limit).
     #[serde(default)]
     pub max_amount: Option<crate::protocol::AtomicAmount>,
+    /// How payers may sign for it: `eip3009` (the token's `transferWithAuthorization`) and/or
+    /// `permit2` (any ERC-20 the payer approved to Permit2). Default: both.
+    #[serde(default = "default_transfer_methods")]
+    pub transfer_methods: Vec<crate::protocol::TransferMethod>,
+}
+
+fn default_transfer_methods() -> Vec<crate::protocol::TransferMethod> {
+    vec![
+        crate::protocol::TransferMethod::Eip3009,
+        crate::protocol::TransferMethod::Permit2,
+    ]
+}
+
+/// Where Permit2 and the x402 Permit2 proxies are on a chain; each unset one is at its canonical
+/// address (`chain::bindings`), the same on every chain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permit2Config {
+    #[serde(default, deserialize_with = "deserialize_some_address")]
+    pub address: Option<Address>,
+    #[serde(default, deserialize_with = "deserialize_some_address")]
+    pub exact_proxy: Option<Address>,
+    #[serde(default, deserialize_with = "deserialize_some_address")]
+    pub upto_proxy: Option<Address>,
+}
+
+fn deserialize_some_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Address>, D::Error> {
+    deserialize_address(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,15 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, B256, keccak256};
+use alloy::primitives::{Address, B256};
 
 use crate::chain::{Chains, RpcError};
 use crate::config::{Config, ConfigError};
 use crate::exact::{
-    self, ExactPayment, ExactPolicy, Invalid, SettlementCall, SignatureClass, VerifyError,
+    self, Checked, ExactPolicy, Invalid, Phase, SettlementCall, SignatureClass, VerifyError,
 };
 use crate::ledger::{
-    ApiKeyRecord, BoundIdentifier, Claim, Deploy, Ledger, LedgerError, NewPayment, Payment,
+    ApiKeyRecord, BoundIdentifier, Claim, Deploy, Ledger, LedgerError, Method, NewPayment, Payment,
     PaymentState, Sighting,
 };
 use crate::protocol::discovery::{Declaration, DiscoveryItem, DiscoveryPage, Pagination};
@@ -300,21 +300,21 @@ impl Facilitator {
     }
 
     async fn check(&self, request: &FacilitatorRequest) -> Result<(), VerifyError> {
-        let payment = exact::check_static(&self.chains, request, &self.policy, unix_now())?;
+        let payment = exact::check(&self.chains, request, &self.rules(Phase::Verify))?;
         // Ours, before any RPC: an authorization we already hold is used, whatever the chain says.
         match self
             .ledger
             .holds(
-                payment.network.chain_id.0,
-                payment.token.address,
-                payment.authorization().from,
-                payment.authorization().nonce,
+                payment.network().chain_id.0,
+                payment.token().address,
+                payment.payer(),
+                payment.nonce_key(),
             )
             .await
         {
             Ok(Some(state)) => {
                 return Err(Invalid::new(
-                    Reason::NonceAlreadyUsed,
+                    used_reason(&payment),
                     format!(
                         "this authorization is already {} by this facilitator",
                         describe(state)
@@ -328,9 +328,7 @@ impl Facilitator {
                 tracing::warn!(error = %e, "ledger read failed during verify; relying on the chain")
             }
         }
-        exact::verify_on_chain(payment, &self.policy)
-            .await
-            .map(|_| ())
+        payment.verify_on_chain(&self.policy).await.map(|_| ())
     }
 
     /// Who is calling: the API key in an `Authorization` header value (checked against its rate
@@ -477,7 +475,8 @@ impl Facilitator {
         key: Option<&ApiKeyRecord>,
     ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
         let payer = exact::payer_of(request);
-        let payment = match exact::check_static(&self.chains, request, &self.policy, unix_now()) {
+        let checked = exact::check(&self.chains, request, &self.rules(Phase::Settle));
+        let payment = match checked {
             Ok(p) => p,
             Err(i) => {
                 let code = i.reason.code();
@@ -486,15 +485,18 @@ impl Facilitator {
                 return Ok((answer, code));
             }
         };
-        let network = payment.network.wire_name(request.version);
+        let network = payment.network().wire_name(request.version);
         let settlement = self
             .settlement
             .as_ref()
             .ok_or(FacilitatorError::SettlementUnavailable)?;
-        let digest = payload_digest(&payment);
-        let chain_id = payment.network.chain_id.0;
-        let auth = payment.authorization();
-        let (asset, from, nonce) = (payment.token.address, auth.from, auth.nonce);
+        let digest = payment.payload_digest();
+        let chain_id = payment.network().chain_id.0;
+        let (asset, from, nonce) = (
+            payment.token().address,
+            payment.payer(),
+            payment.nonce_key(),
+        );
         let existing = self.ledger.find(chain_id, asset, from, nonce).await?;
         if let Some(existing) = &existing
             && existing.state.holds_key()
@@ -512,14 +514,21 @@ impl Facilitator {
                 return Ok((answer, code));
             }
         };
+        let (method, sender) = match &payment {
+            Checked::Eip3009(_) => (Method::Eip3009, None),
+            Checked::Permit2(p) => match p.scheme {
+                exact::permit2::Scheme::Exact => (Method::Permit2, None),
+                exact::permit2::Scheme::Upto => (Method::Upto, p.sender()),
+            },
+        };
         let new = NewPayment {
             chain_id,
             asset,
             payer: from,
             nonce,
-            pay_to: payment.authorization().to,
-            amount: payment.authorization().value.0,
-            valid_before: u64::try_from(payment.authorization().valid_before).unwrap_or(u64::MAX),
+            pay_to: payment.pay_to(),
+            amount: payment.amount(),
+            valid_before: u64::try_from(payment.valid_until()).unwrap_or(u64::MAX),
             payload_digest: digest,
             x402_version: request.version.number(),
             network: network.clone(),
@@ -529,6 +538,9 @@ impl Facilitator {
                 .map(|(factory, calldata)| Deploy { factory, calldata }),
             transfer_calldata: call.transfer,
             api_key: key.map(|k| k.id.clone()),
+            method,
+            call_target: payment.call_target(),
+            sender,
         };
         let budget_lock = match key {
             Some(k) if k.daily_amount.is_some() => Some(self.budget_lock(&k.id)),
@@ -610,47 +622,76 @@ impl Facilitator {
         &self,
         settlement: &Settlement,
         request: &FacilitatorRequest,
-        payment: &ExactPayment<'_>,
+        payment: &Checked<'_>,
         existing: Payment,
         digest: B256,
     ) -> Result<(SettleResponse, &'static str), FacilitatorError> {
-        let network = payment.network.wire_name(request.version);
+        let network = payment.network().wire_name(request.version);
         if existing.payload_digest != digest {
+            let reason = used_reason(payment);
             let invalid = Invalid::new(
-                Reason::NonceAlreadyUsed,
-                "another payload with this authorization nonce was already submitted",
+                reason,
+                "another payload (or, for upto, another amount) with this nonce was already submitted",
             );
             let answer = settle_failure(
                 request.version,
-                Some(payment.authorization().from),
+                Some(payment.payer()),
                 &network,
                 invalid,
                 "",
             );
-            return Ok((answer, Reason::NonceAlreadyUsed.code()));
+            return Ok((answer, reason.code()));
         }
         self.metrics_for(request).duplicates_joined.inc();
         self.wait_for(settlement, request, &network, existing.id)
             .await
     }
 
+    /// The rules a payment is judged by now.
+    fn rules(&self, phase: Phase) -> exact::Rules<'_> {
+        exact::Rules {
+            policy: &self.policy,
+            signers: &self.signers,
+            phase,
+            now: unix_now(),
+        }
+    }
+
     /// How to settle: for a plain key that recovers locally, no RPC is needed now (the batcher
     /// simulates every item before sending); anything else is verified in full first.
-    async fn settlement_call(
-        &self,
-        payment: ExactPayment<'_>,
-    ) -> Result<SettlementCall, VerifyError> {
-        let auth = payment.authorization();
-        if let Ok(SignatureClass::Ecdsa(sig)) = exact::classify(&payment.payload.signature) {
-            let digest = exact::authorization_digest(payment.token.domain_separator, auth);
-            if exact::signature::recover(&sig, digest) == Some(auth.from) {
-                return Ok(SettlementCall {
-                    deploy: None,
-                    transfer: exact::transfer_vrs(auth, &sig),
-                });
+    async fn settlement_call(&self, payment: Checked<'_>) -> Result<SettlementCall, VerifyError> {
+        let fast = match &payment {
+            Checked::Eip3009(p) => {
+                let auth = p.authorization();
+                match exact::classify(&p.payload.signature) {
+                    Ok(SignatureClass::Ecdsa(sig))
+                        if exact::signature::recover(
+                            &sig,
+                            exact::authorization_digest(p.token.domain_separator, auth),
+                        ) == Some(auth.from) =>
+                    {
+                        Some(exact::transfer_vrs(auth, &sig))
+                    }
+                    _ => None,
+                }
             }
+            Checked::Permit2(p) => match exact::classify(&p.payload.signature) {
+                Ok(SignatureClass::Ecdsa(sig))
+                    if exact::signature::recover(&sig, p.digest())
+                        == Some(p.authorization().from) =>
+                {
+                    Some(p.settle_calldata(&p.payload.signature))
+                }
+                _ => None,
+            },
+        };
+        match fast {
+            Some(transfer) => Ok(SettlementCall {
+                deploy: None,
+                transfer,
+            }),
+            None => payment.verify_on_chain(&self.policy).await,
         }
-        exact::verify_on_chain(payment, &self.policy).await
     }
 
     /// `/settle` waits at most the configured time, and less than the requirement's timeout.
@@ -678,6 +719,22 @@ impl Facilitator {
                     scheme: "exact".to_owned(),
                     network: network.wire_name(version),
                     extra: None,
+                });
+            }
+            // upto needs Permit2 and a wallet the witness can bind: the first gas wallet settles
+            // every upto payment (the proxy checks `msg.sender`).
+            let permit2 = network
+                .tokens
+                .iter()
+                .any(|t| t.accepts(crate::protocol::TransferMethod::Permit2));
+            if let (true, Some(wallet)) = (permit2, self.signers.first()) {
+                kinds.push(SupportedKind {
+                    x402_version: X402Version::V2,
+                    scheme: "upto".to_owned(),
+                    network: network.wire_name(X402Version::V2),
+                    extra: Some(serde_json::json!({
+                        "facilitatorAddress": wallet.to_checksum(None),
+                    })),
                 });
             }
         }
@@ -729,10 +786,12 @@ fn describe(state: PaymentState) -> &'static str {
     }
 }
 
-/// Identifies the exact signed payload (authorization and signature).
-fn payload_digest(p: &ExactPayment<'_>) -> B256 {
-    let canonical = serde_json::to_vec(p.payload).unwrap_or_default();
-    keccak256(canonical)
+/// The reason for a nonce this facilitator (or the chain) already holds.
+fn used_reason(payment: &Checked<'_>) -> Reason {
+    match payment {
+        Checked::Eip3009(_) => Reason::NonceAlreadyUsed,
+        Checked::Permit2(_) => Reason::Permit2NonceUsed,
+    }
 }
 
 fn verify_response(

@@ -647,6 +647,7 @@ async fn unreachable_rpc_is_503() {
             name: Some("USDC".into()),
             version: Some("2".into()),
             asset_transfer_method: None,
+            facilitator_address: None,
         }),
     };
     let payload = x402d::client::sign_for_v2(&payer, &req, now()).unwrap();

@@ -168,7 +168,10 @@ pub mod upto_eip712 {
 }
 
 /// Permit2's EIP-712 domain on a chain (name only, no version: Permit2's own choice).
-pub fn permit2_domain(chain_id: u64, permit2: alloy::primitives::Address) -> alloy::sol_types::Eip712Domain {
+pub fn permit2_domain(
+    chain_id: u64,
+    permit2: alloy::primitives::Address,
+) -> alloy::sol_types::Eip712Domain {
     alloy::sol_types::eip712_domain! {
         name: "Permit2",
         chain_id: chain_id,
@@ -195,12 +198,16 @@ mod tests {
         assert!(exact.ends_with(EXACT_WITNESS_TYPE_STRING.trim_start_matches("Witness witness)")));
         assert_eq!(
             exact,
-            format!("PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,{EXACT_WITNESS_TYPE_STRING}")
+            format!(
+                "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,{EXACT_WITNESS_TYPE_STRING}"
+            )
         );
         let upto = upto_eip712::PermitWitnessTransferFrom::eip712_encode_type();
         assert_eq!(
             upto,
-            format!("PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,{UPTO_WITNESS_TYPE_STRING}")
+            format!(
+                "PermitWitnessTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline,{UPTO_WITNESS_TYPE_STRING}"
+            )
         );
     }
 

@@ -62,7 +62,7 @@ pub fn builtin_chain_of_v1_name(name: &str) -> Option<u64> {
         .map(|b| b.chain_id)
 }
 
-/// An EIP-3009 token we serve.
+/// A token we serve (by EIP-3009, Permit2 or both).
 #[derive(Debug)]
 pub struct Token {
     pub address: Address,
@@ -76,6 +76,8 @@ pub struct Token {
     pub min_amount: alloy::primitives::U256,
     /// Payments above this are refused, when set.
     pub max_amount: Option<alloy::primitives::U256>,
+    /// How payers may sign for it.
+    pub transfer_methods: Vec<crate::protocol::TransferMethod>,
     /// Set once the token was seen to have code: an `eth_call` to an empty account "succeeds", so
     /// we must know the token is deployed before trusting a simulation.
     deployed: AtomicBool,
@@ -107,6 +109,7 @@ impl Token {
                 |a| a.0,
             ),
             max_amount: t.max_amount.map(|a| a.0),
+            transfer_methods: t.transfer_methods.clone(),
             deployed: AtomicBool::new(false),
         }
     }
@@ -118,6 +121,10 @@ impl Token {
     pub fn mark_deployed(&self) {
         self.deployed.store(true, Ordering::Relaxed);
     }
+
+    pub fn accepts(&self, method: crate::protocol::TransferMethod) -> bool {
+        self.transfer_methods.contains(&method)
+    }
 }
 
 /// A network we serve.
@@ -127,6 +134,26 @@ pub struct Network {
     pub v1_name: Option<String>,
     pub rpc: RpcClient,
     pub tokens: Vec<Token>,
+    /// Permit2 and the x402 proxies here.
+    pub permit2: Permit2Addresses,
+}
+
+/// Where Permit2 and the x402 Permit2 proxies are on one network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit2Addresses {
+    pub permit2: Address,
+    pub exact_proxy: Address,
+    pub upto_proxy: Address,
+}
+
+impl Permit2Addresses {
+    fn from_config(c: &crate::config::Permit2Config) -> Self {
+        Permit2Addresses {
+            permit2: c.address.unwrap_or(bindings::PERMIT2),
+            exact_proxy: c.exact_proxy.unwrap_or(bindings::EXACT_PERMIT2_PROXY),
+            upto_proxy: c.upto_proxy.unwrap_or(bindings::UPTO_PERMIT2_PROXY),
+        }
+    }
 }
 
 impl Network {
@@ -212,6 +239,10 @@ fn network_from_config(n: &NetworkConfig) -> Result<Network, RpcError> {
             symbol: Some("USDC".to_owned()),
             min_amount: None,
             max_amount: None,
+            transfer_methods: vec![
+                crate::protocol::TransferMethod::Eip3009,
+                crate::protocol::TransferMethod::Permit2,
+            ],
         });
     }
     for t in &n.tokens {
@@ -229,6 +260,7 @@ fn network_from_config(n: &NetworkConfig) -> Result<Network, RpcError> {
             .iter()
             .map(|t| Token::new(chain_id, t))
             .collect(),
+        permit2: Permit2Addresses::from_config(&n.permit2),
     })
 }
 

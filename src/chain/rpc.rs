@@ -74,6 +74,14 @@ impl RpcCall {
         }
     }
 
+    /// `eth_call` as `from` (a contract that checks `msg.sender`, such as the upto proxy).
+    pub fn call_from(from: Address, to: Address, data: impl Into<Bytes>) -> Self {
+        RpcCall {
+            method: "eth_call",
+            params: json!([{"from": from, "to": to, "data": data.into()}, "latest"]),
+        }
+    }
+
     pub fn chain_id() -> Self {
         RpcCall {
             method: "eth_chainId",

@@ -149,6 +149,7 @@ impl BenchEnv {
                 name: Some(self.chain.usdc_name.clone()),
                 version: Some("2".into()),
                 asset_transfer_method: None,
+                facilitator_address: None,
             }),
         }
     }

@@ -1,6 +1,8 @@
-//! The exact scheme on EVM with EIP-3009: the verification checks, in the reference order, and the
-//! calldata that settles a verified payment. Holds no state.
+//! The EVM schemes: `exact` with EIP-3009 (here) or Permit2 (`permit2`), and `upto` (Permit2).
+//! The verification checks, in the reference order, and the calldata that settles a verified
+//! payment. Holds no state.
 
+pub mod permit2;
 pub mod signature;
 
 use alloy::primitives::{Address, Bytes, U256};
@@ -11,7 +13,8 @@ use crate::chain::bindings::{ERC1271_MAGIC, IEip3009Token, IErc1271, IMulticall3
 use crate::chain::rpc::hex_result;
 use crate::chain::{CallError, Chains, Network, RpcCall, RpcError, Token};
 use crate::protocol::wire::{Eip3009Authorization, ExactEvmPayload};
-use crate::protocol::{FacilitatorRequest, PaymentBody, Reason};
+use crate::protocol::{FacilitatorRequest, PaymentBody, Reason, TransferMethod};
+pub use permit2::{Permit2Payment, Phase, Rules};
 pub use signature::{SignatureClass, authorization_digest, classify};
 
 /// Operator policy for the exact scheme.
@@ -73,12 +76,109 @@ impl ExactPayment<'_> {
     }
 }
 
+/// A payment that passed the checks that need no chain, by how its token moves.
+#[derive(Debug, Clone, Copy)]
+pub enum Checked<'a> {
+    Eip3009(ExactPayment<'a>),
+    Permit2(Permit2Payment<'a>),
+}
+
+impl<'a> Checked<'a> {
+    pub fn network(&self) -> &'a Network {
+        match self {
+            Checked::Eip3009(p) => p.network,
+            Checked::Permit2(p) => p.network,
+        }
+    }
+
+    pub fn token(&self) -> &'a Token {
+        match self {
+            Checked::Eip3009(p) => p.token,
+            Checked::Permit2(p) => p.token,
+        }
+    }
+
+    pub fn payer(&self) -> Address {
+        match self {
+            Checked::Eip3009(p) => p.authorization().from,
+            Checked::Permit2(p) => p.authorization().from,
+        }
+    }
+
+    /// The nonce of the ledger key (chain, token, payer, nonce): EIP-3009's `bytes32`, or
+    /// Permit2's `uint256` as 32 bytes.
+    pub fn nonce_key(&self) -> alloy::primitives::B256 {
+        match self {
+            Checked::Eip3009(p) => p.authorization().nonce,
+            Checked::Permit2(p) => p.nonce_key(),
+        }
+    }
+
+    pub fn pay_to(&self) -> Address {
+        match self {
+            Checked::Eip3009(p) => p.authorization().to,
+            Checked::Permit2(p) => p.authorization().witness.to,
+        }
+    }
+
+    /// What settling moves.
+    pub fn amount(&self) -> U256 {
+        match self {
+            Checked::Eip3009(p) => p.authorization().value.0,
+            Checked::Permit2(p) => p.charge,
+        }
+    }
+
+    /// The last moment the signature can settle (EIP-3009 `validBefore`, Permit2 `deadline`).
+    pub fn valid_until(&self) -> U256 {
+        match self {
+            Checked::Eip3009(p) => p.authorization().valid_before,
+            Checked::Permit2(p) => p.authorization().deadline,
+        }
+    }
+
+    /// The contract the settling calldata goes to.
+    pub fn call_target(&self) -> Address {
+        match self {
+            Checked::Eip3009(p) => p.token.address,
+            Checked::Permit2(p) => p.proxy(),
+        }
+    }
+
+    /// Identifies the exact signed payload; for upto, with the amount to charge, so that a
+    /// second settle of the same permit for another amount is not taken for a retry.
+    pub fn payload_digest(&self) -> alloy::primitives::B256 {
+        let mut canonical = match self {
+            Checked::Eip3009(p) => serde_json::to_vec(p.payload),
+            Checked::Permit2(p) => serde_json::to_vec(p.payload),
+        }
+        .unwrap_or_default();
+        if let Checked::Permit2(p) = self
+            && p.scheme == permit2::Scheme::Upto
+        {
+            canonical.extend_from_slice(format!("|charge={}", p.charge).as_bytes());
+        }
+        alloy::primitives::keccak256(canonical)
+    }
+
+    /// Every check that needs the chain; returns how to settle.
+    pub async fn verify_on_chain(
+        self,
+        policy: &ExactPolicy,
+    ) -> Result<SettlementCall, VerifyError> {
+        match self {
+            Checked::Eip3009(p) => verify_on_chain(p, policy).await,
+            Checked::Permit2(p) => permit2::verify_on_chain(p, policy).await,
+        }
+    }
+}
+
 /// How a verified payment is settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettlementCall {
     /// ERC-6492: the factory call that must run first (in the same transaction).
     pub deploy: Option<(Address, Bytes)>,
-    /// `transferWithAuthorization` calldata for the token.
+    /// The settling calldata: `transferWithAuthorization` for the token, or the proxy's `settle`.
     pub transfer: Bytes,
 }
 
@@ -87,23 +187,26 @@ pub fn payer_of(request: &FacilitatorRequest) -> Option<Address> {
     match &request.body {
         PaymentBody::Eip3009(p) => Some(p.authorization.from),
         PaymentBody::UnknownScheme { payer } => *payer,
-        PaymentBody::Permit2 => None,
+        PaymentBody::Permit2(p) => Some(p.permit2_authorization.from),
     }
 }
 
-/// Steps 1–5 of the verification: scheme, network, asset, EIP-712 domain, payTo, exact amount, time.
-pub fn check_static<'a>(
+/// Steps 1–5 of the verification for either transfer method: scheme, network, asset, then the
+/// method's own checks (EIP-712 domain, payTo, amount, the operator's limits, time). `signers`
+/// are the gas wallets an upto witness may bind; `phase` says whether the requirements' amount is
+/// a price (verify) or a charge (settle).
+pub fn check<'a>(
     chains: &'a Chains,
     request: &'a FacilitatorRequest,
-    policy: &ExactPolicy,
-    now: u64,
-) -> Result<ExactPayment<'a>, Invalid> {
+    rules: &Rules<'_>,
+) -> Result<Checked<'a>, Invalid> {
     let req = &request.requirements;
-    if req.scheme != "exact" || request.payload_scheme != req.scheme {
+    let known = req.scheme == "exact" || req.scheme == "upto";
+    if !known || request.payload_scheme != req.scheme {
         return Err(Invalid::new(
             Reason::InvalidScheme,
             format!(
-                "scheme {:?} (payload {:?}) is not supported; only \"exact\"",
+                "scheme {:?} (payload {:?}) is not supported; only \"exact\" and \"upto\"",
                 req.scheme, request.payload_scheme
             ),
         ));
@@ -131,27 +234,49 @@ pub fn check_static<'a>(
             format!("asset {} is not served on {}", req.asset, network.chain_id),
         )
     })?;
-    let payload = match &request.body {
-        PaymentBody::Eip3009(p) => p,
-        PaymentBody::Permit2 => {
-            return Err(Invalid::new(
-                Reason::UnsupportedPayloadType,
-                "Permit2 payments are not accepted; sign EIP-3009",
-            ));
+    match &request.body {
+        PaymentBody::Permit2(p) => {
+            permit2::check_static((network, token), request, p, rules).map(Checked::Permit2)
         }
-        PaymentBody::UnknownScheme { .. } => {
-            return Err(Invalid::new(
-                Reason::InvalidScheme,
-                "payload scheme is not exact",
-            ));
+        PaymentBody::Eip3009(_) if req.scheme == "upto" => Err(Invalid::new(
+            Reason::UnsupportedPayloadType,
+            "upto payments are Permit2 signatures (permit2Authorization)",
+        )),
+        PaymentBody::Eip3009(p) => {
+            check_static(network, token, request, p, rules.policy, rules.now).map(Checked::Eip3009)
         }
-    };
+        PaymentBody::UnknownScheme { .. } => Err(Invalid::new(
+            Reason::InvalidScheme,
+            "payload scheme is not exact",
+        )),
+    }
+}
+
+/// The EIP-3009 checks: transfer method, EIP-712 domain, payTo, exact amount, limits, time.
+fn check_static<'a>(
+    network: &'a Network,
+    token: &'a Token,
+    request: &'a FacilitatorRequest,
+    payload: &'a ExactEvmPayload,
+    policy: &ExactPolicy,
+    now: u64,
+) -> Result<ExactPayment<'a>, Invalid> {
+    let req = &request.requirements;
     if let Some(method) = &req.extra.asset_transfer_method
-        && method != "eip3009"
+        && method != TransferMethod::Eip3009.as_str()
     {
         return Err(Invalid::new(
             Reason::UnsupportedPayloadType,
-            format!("assetTransferMethod {method:?} is not supported"),
+            format!("assetTransferMethod {method:?} does not match an EIP-3009 payload"),
+        ));
+    }
+    if !token.accepts(TransferMethod::Eip3009) {
+        return Err(Invalid::new(
+            Reason::UnsupportedPayloadType,
+            format!(
+                "{} is served through Permit2 only here: sign a Permit2 payment",
+                token.symbol
+            ),
         ));
     }
     let (Some(name), Some(version)) = (&req.extra.name, &req.extra.version) else {
@@ -191,32 +316,7 @@ pub fn check_static<'a>(
             ),
         ));
     }
-    if !policy.pay_to_allowlist.is_empty() && !policy.pay_to_allowlist.contains(&req.pay_to) {
-        return Err(Invalid::new(
-            Reason::PayToNotAllowed,
-            format!("this facilitator does not settle for payTo {}", req.pay_to),
-        ));
-    }
-    if req.amount.0 < token.min_amount {
-        return Err(Invalid::new(
-            Reason::AmountBelowMinimum,
-            format!(
-                "amount {} is below this facilitator's minimum of {} for {}",
-                req.amount, token.min_amount, token.symbol
-            ),
-        ));
-    }
-    if let Some(max) = token.max_amount
-        && req.amount.0 > max
-    {
-        return Err(Invalid::new(
-            Reason::AmountAboveMaximum,
-            format!(
-                "amount {} is above this facilitator's maximum of {max} for {}",
-                req.amount, token.symbol
-            ),
-        ));
-    }
+    check_limits(token, req.pay_to, req.amount.0, policy)?;
     let earliest_valid_before = U256::from(now.saturating_add(policy.valid_before_buffer_seconds));
     if auth.valid_before < earliest_valid_before {
         return Err(Invalid::new(
@@ -249,6 +349,42 @@ pub fn check_static<'a>(
         token,
         payload,
     })
+}
+
+/// The operator's limits: the payTo allowlist, the token's minimum and maximum payment.
+fn check_limits(
+    token: &Token,
+    pay_to: Address,
+    amount: U256,
+    policy: &ExactPolicy,
+) -> Result<(), Invalid> {
+    if !policy.pay_to_allowlist.is_empty() && !policy.pay_to_allowlist.contains(&pay_to) {
+        return Err(Invalid::new(
+            Reason::PayToNotAllowed,
+            format!("this facilitator does not settle for payTo {pay_to}"),
+        ));
+    }
+    if amount < token.min_amount {
+        return Err(Invalid::new(
+            Reason::AmountBelowMinimum,
+            format!(
+                "amount {amount} is below this facilitator's minimum of {} for {}",
+                token.min_amount, token.symbol
+            ),
+        ));
+    }
+    if let Some(max) = token.max_amount
+        && amount > max
+    {
+        return Err(Invalid::new(
+            Reason::AmountAboveMaximum,
+            format!(
+                "amount {amount} is above this facilitator's maximum of {max} for {}",
+                token.symbol
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Steps 6–7: the signature by class and one simulation, in one batched round trip for the common

@@ -20,7 +20,7 @@ use crate::facilitator::access::AccessError;
 use crate::facilitator::{Facilitator, FacilitatorError};
 use crate::limits::{RateLimitBackend, Verdict};
 use crate::protocol::discovery::DiscoveryItem;
-use crate::protocol::{BadRequest, FacilitatorRequest, parse_facilitator_request};
+use crate::protocol::{BadRequest, FacilitatorRequest, Reason, parse_facilitator_request};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]
@@ -301,7 +301,19 @@ async fn verify(
     let answer = state.facilitator.verify(&request).await?;
     // Catalogued only once the payment settles (see `Facilitator::catalogue`).
     let bazaar = bazaar_response(&request, false);
-    Ok(annotated(Json(answer).into_response(), bazaar, caller.rate))
+    // A missing Permit2 approval is a precondition the payer must meet first: 412, as the x402
+    // Permit2 rules ask; the body is the usual invalid answer.
+    let allowance = Reason::Permit2AllowanceRequired.wire_name(request.version);
+    let status = if answer.invalid_reason.as_deref() == Some(allowance) {
+        StatusCode::PRECONDITION_FAILED
+    } else {
+        StatusCode::OK
+    };
+    Ok(annotated(
+        (status, Json(answer)).into_response(),
+        bazaar,
+        caller.rate,
+    ))
 }
 
 async fn settle(

@@ -22,7 +22,9 @@ pub use crate::clock::now_ms;
 pub use catalogue::{CatalogueEntry, Sighting};
 pub use identifiers::BoundIdentifier;
 pub use keys::ApiKeyRecord;
-pub use rows::{Deploy, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus};
+pub use rows::{
+    Deploy, Method, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus,
+};
 use rows::{PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, payment_of, transaction_of, u64_of};
 pub use state::{Inclusion, PaymentState, Transition};
 
@@ -406,8 +408,8 @@ async fn insert_claims(
     for (p, _) in group {
         let inserted = sqlx::query(
             "INSERT INTO payments (chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, x402_version, \
-             network, request_json, deploy_target, deploy_calldata, transfer_calldata, api_key, state, created_at, updated_at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$16,'queued',$15,$15) \
+             network, request_json, deploy_target, deploy_calldata, transfer_calldata, api_key, method, call_target, sender, state, created_at, updated_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$16,$17,$18,$19,'queued',$15,$15) \
              ON CONFLICT (chain_id, asset, payer, nonce) DO NOTHING RETURNING id",
         )
         .bind(i64_of(p.chain_id))
@@ -426,6 +428,9 @@ async fn insert_claims(
         .bind(hex(&p.transfer_calldata))
         .bind(now)
         .bind(p.api_key.as_deref())
+        .bind(p.method.as_str())
+        .bind(hex(p.call_target.as_slice()))
+        .bind(p.sender.map(|a| hex(a.as_slice())))
         .fetch_optional(&mut *tx)
         .await?;
         let id = match inserted {

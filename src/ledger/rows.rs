@@ -68,6 +68,39 @@ pub struct Deploy {
     pub calldata: Bytes,
 }
 
+/// How a payment's transfer runs on chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// The token's `transferWithAuthorization`; the receipt shows `AuthorizationUsed`.
+    Eip3009,
+    /// Permit2 through the x402 exact proxy; the receipt shows the token's `Transfer`.
+    Permit2,
+    /// Permit2 through the x402 upto proxy, sent by the gas wallet the witness names.
+    Upto,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Eip3009 => "eip3009",
+            Method::Permit2 => "permit2",
+            Method::Upto => "upto",
+        }
+    }
+}
+
+impl FromStr for Method {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "eip3009" => Ok(Method::Eip3009),
+            "permit2" => Ok(Method::Permit2),
+            "upto" => Ok(Method::Upto),
+            _ => Err(()),
+        }
+    }
+}
+
 /// A payment to claim.
 #[derive(Debug, Clone)]
 pub struct NewPayment {
@@ -87,6 +120,11 @@ pub struct NewPayment {
     pub transfer_calldata: Bytes,
     /// The API key that submitted it (`None`: an anonymous caller of a public node).
     pub api_key: Option<String>,
+    pub method: Method,
+    /// The contract `transfer_calldata` is for: the token, or a Permit2 proxy.
+    pub call_target: Address,
+    /// The gas wallet that must send it (upto binds one); `None`: any lane, in any batch.
+    pub sender: Option<Address>,
 }
 
 /// A payment as stored.
@@ -104,6 +142,11 @@ pub struct Payment {
     pub request_json: String,
     pub deploy: Option<Deploy>,
     pub transfer_calldata: Bytes,
+    pub method: Method,
+    /// The contract `transfer_calldata` is for: the token, or a Permit2 proxy.
+    pub call_target: Address,
+    /// The gas wallet that must send it; `None`: any lane, in any batch.
+    pub sender: Option<Address>,
     pub state: PaymentState,
     pub fail_reason: Option<String>,
     pub fail_message: Option<String>,
@@ -215,7 +258,7 @@ fn bytes_of(row: &AnyRow, col: &str) -> Result<Bytes, LedgerError> {
 
 pub(super) const PAYMENT_COLUMNS: &str = "id, chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, request_json, \
      deploy_target, deploy_calldata, transfer_calldata, state, fail_reason, fail_message, batch_id, tx_hash, block_number, \
-     block_hash, attempts, created_at";
+     block_hash, attempts, created_at, method, call_target, sender";
 
 pub(super) const TX_COLUMNS: &str = "id, batch_id, chain_id, wallet, nonce, raw_tx, tx_hash, gas_limit, max_fee_per_gas, \
      max_priority_fee_per_gas, status, gas_used, effective_gas_price, l1_fee, block_number, block_hash, created_at";
@@ -228,10 +271,11 @@ pub(super) fn payment_of(row: &AnyRow) -> Result<Payment, LedgerError> {
         }),
         None => None,
     };
+    let asset: Address = parsed(row, "asset")?;
     Ok(Payment {
         id: row.try_get("id")?,
         chain_id: u64_of(row, "chain_id")?,
-        asset: parsed(row, "asset")?,
+        asset,
         payer: parsed(row, "payer")?,
         nonce: parsed(row, "nonce")?,
         pay_to: parsed(row, "pay_to")?,
@@ -241,6 +285,9 @@ pub(super) fn payment_of(row: &AnyRow) -> Result<Payment, LedgerError> {
         request_json: row.try_get("request_json")?,
         deploy,
         transfer_calldata: bytes_of(row, "transfer_calldata")?,
+        method: parsed(row, "method")?,
+        call_target: opt_parsed(row, "call_target")?.unwrap_or(asset),
+        sender: opt_parsed(row, "sender")?,
         state: parsed(row, "state")?,
         fail_reason: row.try_get("fail_reason")?,
         fail_message: row.try_get("fail_message")?,

@@ -125,7 +125,7 @@ impl Ledger {
         let changed = sqlx::query(
             "UPDATE payments SET state = 'queued', pay_to = $2, amount = $3, valid_before = $4, payload_digest = $5, \
              x402_version = $6, network = $7, request_json = $8, deploy_target = $9, deploy_calldata = $10, \
-             transfer_calldata = $11, api_key = $13, fail_reason = NULL, fail_message = NULL, batch_id = NULL, tx_hash = NULL, \
+             transfer_calldata = $11, api_key = $13, method = $14, call_target = $15, sender = $16, fail_reason = NULL, fail_message = NULL, batch_id = NULL, tx_hash = NULL, \
              block_number = NULL, block_hash = NULL, not_before = 0, attempts = 0, updated_at = $12 \
              WHERE id = $1 AND state = 'refused'",
         )
@@ -142,6 +142,9 @@ impl Ledger {
         .bind(hex(&p.transfer_calldata))
         .bind(now)
         .bind(p.api_key.as_deref())
+        .bind(p.method.as_str())
+        .bind(hex(p.call_target.as_slice()))
+        .bind(p.sender.map(|a| hex(a.as_slice())))
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -241,6 +241,7 @@ impl Paywall {
                         name: Some(a.name.clone()),
                         version: Some(a.version.clone()),
                         asset_transfer_method: None,
+                        facilitator_address: None,
                     }),
                 })
             })
@@ -712,6 +713,7 @@ impl Paywall {
                         name: Some(asset.name.clone()),
                         version: Some(asset.version.clone()),
                         asset_transfer_method: None,
+                        facilitator_address: None,
                     }),
                 };
                 let exact: ExactEvmPayload =
@@ -854,6 +856,7 @@ mod tests {
                     name: Some(HOSTILE.into()),
                     version: Some("2".into()),
                     asset_transfer_method: None,
+                    facilitator_address: None,
                 }),
             }],
             extensions: None,

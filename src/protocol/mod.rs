@@ -11,7 +11,7 @@ pub mod request;
 pub mod wire;
 
 pub use codec::{HeaderDecodeError, decode_header, encode_header};
-pub use primitives::{AtomicAmount, ChainId, X402Version};
+pub use primitives::{AtomicAmount, ChainId, TransferMethod, X402Version};
 pub use reason::Reason;
 pub use request::{
     BadRequest, FacilitatorRequest, PaymentBody, PaymentIdentifier, Requirements,

@@ -151,6 +151,47 @@ pub fn deserialize_uint<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Erro
     }
 }
 
+/// A `U256` written in decimal or as `0x` hex (Permit2 nonces come both ways).
+pub fn deserialize_uint_or_hex<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Int(u64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(s) => match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) if !hex.is_empty() && hex.len() <= 64 => {
+                U256::from_str_radix(hex, 16).map_err(serde::de::Error::custom)
+            }
+            Some(_) => Err(serde::de::Error::custom(
+                "a 0x number needs 1 to 64 hex digits",
+            )),
+            None => parse_decimal_u256(&s).map_err(serde::de::Error::custom),
+        },
+        Raw::Int(n) => Ok(U256::from(n)),
+    }
+}
+
+/// How a payment's token moves (`extra.assetTransferMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMethod {
+    /// The token's own `transferWithAuthorization`.
+    Eip3009,
+    /// Permit2's `permitWitnessTransferFrom`, through an x402 proxy: any ERC-20.
+    Permit2,
+}
+
+impl TransferMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferMethod::Eip3009 => "eip3009",
+            TransferMethod::Permit2 => "permit2",
+        }
+    }
+}
+
 /// Serialises a `U256` as a decimal string.
 pub fn serialize_uint<S: Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)

@@ -45,6 +45,26 @@ pub enum Reason {
     SmartWalletDeploymentFailed,
     SettlementPending,
     UnsupportedPayloadType,
+    /// Permit2: the payer has not approved Permit2 for the token (or not enough).
+    Permit2AllowanceRequired,
+    /// Permit2: the signed spender is not the proxy of the scheme.
+    Permit2InvalidSpender,
+    /// Permit2: the permitted token is not the required asset.
+    Permit2TokenMismatch,
+    /// Permit2: the witness pays someone other than `payTo`.
+    Permit2RecipientMismatch,
+    /// Permit2: the permitted amount is not what the requirements ask (exact: equal; upto: at
+    /// least the maximum asked at verify time).
+    Permit2AmountMismatch,
+    Permit2DeadlineExpired,
+    Permit2NotYetValid,
+    /// Permit2: the nonce's bit is already set for the payer.
+    Permit2NonceUsed,
+    Permit2InvalidSignature,
+    /// upto: the amount to settle is above the authorised maximum.
+    UptoSettlementExceedsAmount,
+    /// upto: the witness binds a facilitator address that is not one of ours.
+    UptoFacilitatorMismatch,
 }
 
 impl Reason {
@@ -78,6 +98,17 @@ impl Reason {
         Reason::SmartWalletDeploymentFailed,
         Reason::SettlementPending,
         Reason::UnsupportedPayloadType,
+        Reason::Permit2AllowanceRequired,
+        Reason::Permit2InvalidSpender,
+        Reason::Permit2TokenMismatch,
+        Reason::Permit2RecipientMismatch,
+        Reason::Permit2AmountMismatch,
+        Reason::Permit2DeadlineExpired,
+        Reason::Permit2NotYetValid,
+        Reason::Permit2NonceUsed,
+        Reason::Permit2InvalidSignature,
+        Reason::UptoSettlementExceedsAmount,
+        Reason::UptoFacilitatorMismatch,
     ];
 
     /// The name on the wire: v2 answers use the TypeScript/Go names, v1 answers the spec v1 names
@@ -205,6 +236,40 @@ impl Reason {
             ),
             SettlementPending => ("settlement_pending", "settlement_pending"),
             UnsupportedPayloadType => ("unsupported_payload_type", "invalid_payload"),
+            Permit2AllowanceRequired => {
+                ("permit2_allowance_required", "permit2_allowance_required")
+            }
+            Permit2InvalidSpender => ("invalid_permit2_spender", "invalid_payload"),
+            Permit2TokenMismatch => ("permit2_token_mismatch", "invalid_payment_requirements"),
+            Permit2RecipientMismatch => (
+                "invalid_permit2_recipient_mismatch",
+                "invalid_exact_evm_payload_recipient_mismatch",
+            ),
+            Permit2AmountMismatch => (
+                "permit2_insufficient_amount",
+                "invalid_exact_evm_payload_authorization_value",
+            ),
+            Permit2DeadlineExpired => (
+                "permit2_deadline_expired",
+                "invalid_exact_evm_payload_authorization_valid_before",
+            ),
+            Permit2NotYetValid => (
+                "permit2_not_yet_valid",
+                "invalid_exact_evm_payload_authorization_valid_after",
+            ),
+            Permit2NonceUsed => ("permit2_invalid_nonce", "invalid_transaction_state"),
+            Permit2InvalidSignature => (
+                "invalid_permit2_signature",
+                "invalid_exact_evm_payload_signature",
+            ),
+            UptoSettlementExceedsAmount => (
+                "invalid_upto_evm_payload_settlement_exceeds_amount",
+                "invalid_upto_evm_payload_settlement_exceeds_amount",
+            ),
+            UptoFacilitatorMismatch => (
+                "invalid_upto_evm_payload_facilitator_mismatch",
+                "invalid_upto_evm_payload_facilitator_mismatch",
+            ),
         }
     }
 }

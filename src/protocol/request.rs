@@ -8,7 +8,8 @@ use serde_json::value::RawValue;
 
 use super::primitives::{AtomicAmount, X402Version};
 use super::wire::{
-    ExactEvmPayload, ExactExtra, PaymentPayloadV1, PaymentPayloadV2, RequirementsV1, RequirementsV2,
+    ExactEvmPayload, ExactExtra, PaymentPayloadV1, PaymentPayloadV2, Permit2Payload,
+    RequirementsV1, RequirementsV2,
 };
 
 /// Shortest signature we accept: a plain ECDSA signature; smart-wallet signatures are longer.
@@ -76,8 +77,8 @@ impl From<RequirementsV1> for Requirements {
 pub enum PaymentBody {
     /// A signed EIP-3009 authorization.
     Eip3009(ExactEvmPayload),
-    /// A Permit2 payment, which an EIP-3009 facilitator does not take.
-    Permit2,
+    /// A Permit2 `permitWitnessTransferFrom` signature (`exact` with Permit2, or `upto`).
+    Permit2(Permit2Payload),
     /// The payload's scheme is not one we know; only the payer was looked for, to fill answers.
     UnknownScheme { payer: Option<Address> },
 }
@@ -233,7 +234,7 @@ fn parse_v2(payload: &RawValue, requirements: &RawValue) -> Result<FacilitatorRe
 }
 
 fn parse_body(scheme: &str, payload: &RawValue) -> Result<PaymentBody, BadRequest> {
-    if scheme != "exact" {
+    if scheme != "exact" && scheme != "upto" {
         return Ok(PaymentBody::UnknownScheme {
             payer: best_effort_payer(payload),
         });
@@ -246,26 +247,37 @@ fn parse_body(scheme: &str, payload: &RawValue) -> Result<PaymentBody, BadReques
     }
     let probe: Permit2Probe<'_> = serde_json::from_str(payload.get())
         .map_err(|e| BadRequest::new("invalid_payload", format!("paymentPayload.payload: {e}")))?;
-    if probe.permit2_authorization.is_some() {
-        return Ok(PaymentBody::Permit2);
+    if probe.permit2_authorization.is_some() || scheme == "upto" {
+        let p: Permit2Payload = typed(payload, "invalid_payload", "paymentPayload.payload")?;
+        check_signature_len(&p.signature)?;
+        return Ok(PaymentBody::Permit2(p));
     }
     let exact: ExactEvmPayload = typed(payload, "invalid_payload", "paymentPayload.payload")?;
-    if exact.signature.len() < MIN_SIGNATURE_LEN {
+    check_signature_len(&exact.signature)?;
+    Ok(PaymentBody::Eip3009(exact))
+}
+
+fn check_signature_len(signature: &[u8]) -> Result<(), BadRequest> {
+    if signature.len() < MIN_SIGNATURE_LEN {
         return Err(BadRequest::new(
             "invalid_payload",
             format!(
                 "paymentPayload.payload.signature is {} bytes; at least {MIN_SIGNATURE_LEN} are required",
-                exact.signature.len()
+                signature.len()
             ),
         ));
     }
-    Ok(PaymentBody::Eip3009(exact))
+    Ok(())
 }
 
 /// `authorization.from` of a payload we will not otherwise read, so that refusals still name the payer.
 fn best_effort_payer(payload: &RawValue) -> Option<Address> {
     let v: serde_json::Value = serde_json::from_str(payload.get()).ok()?;
-    let from = v.get("authorization")?.get("from")?.as_str()?;
+    let from = v
+        .get("authorization")
+        .or_else(|| v.get("permit2Authorization"))?
+        .get("from")?
+        .as_str()?;
     super::primitives::parse_address(from).ok()
 }
 

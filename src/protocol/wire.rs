@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 
 use super::primitives::{
     AtomicAmount, X402Version, deserialize_address, deserialize_b256, deserialize_hex_bytes,
-    deserialize_uint, serialize_uint,
+    deserialize_uint, deserialize_uint_or_hex, serialize_uint,
 };
 
 /// `extra` of an exact-EVM requirement: the token's EIP-712 domain.
@@ -19,6 +19,13 @@ pub struct ExactExtra {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asset_transfer_method: Option<String>,
+    /// upto: the facilitator wallet the payer binds in the witness (from `/supported`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_some_address"
+    )]
+    pub facilitator_address: Option<Address>,
 }
 
 /// A v2 payment requirement (one entry of `accepts`).
@@ -148,6 +155,74 @@ pub struct Eip3009Authorization {
     pub valid_before: U256,
     #[serde(deserialize_with = "deserialize_b256")]
     pub nonce: B256,
+}
+
+/// A Permit2 payload (`exact` with `assetTransferMethod: "permit2"`, or `upto`): a
+/// `permitWitnessTransferFrom` signature and what it signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permit2Payload {
+    #[serde(deserialize_with = "deserialize_hex_bytes")]
+    pub signature: Bytes,
+    pub permit2_authorization: Permit2Authorization,
+}
+
+/// The fields of `PermitWitnessTransferFrom` plus the owner, as the wire carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permit2Authorization {
+    #[serde(deserialize_with = "deserialize_address")]
+    pub from: Address,
+    pub permitted: Permit2Permitted,
+    #[serde(deserialize_with = "deserialize_address")]
+    pub spender: Address,
+    /// Permit2's unordered nonce (decimal, or `0x` hex as some clients send it).
+    #[serde(
+        deserialize_with = "deserialize_uint_or_hex",
+        serialize_with = "serialize_uint"
+    )]
+    pub nonce: U256,
+    #[serde(
+        deserialize_with = "deserialize_uint_or_hex",
+        serialize_with = "serialize_uint"
+    )]
+    pub deadline: U256,
+    pub witness: Permit2Witness,
+}
+
+/// `permitted`: the token and the most that may move.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permit2Permitted {
+    #[serde(deserialize_with = "deserialize_address")]
+    pub token: Address,
+    pub amount: AtomicAmount,
+}
+
+/// The witness the proxies bind: the recipient, the earliest time, and (upto) the facilitator
+/// allowed to settle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Permit2Witness {
+    #[serde(deserialize_with = "deserialize_address")]
+    pub to: Address,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_some_address"
+    )]
+    pub facilitator: Option<Address>,
+    #[serde(
+        deserialize_with = "deserialize_uint_or_hex",
+        serialize_with = "serialize_uint"
+    )]
+    pub valid_after: U256,
+}
+
+fn deserialize_some_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Address>, D::Error> {
+    deserialize_address(d).map(Some)
 }
 
 /// `POST /verify` answer.

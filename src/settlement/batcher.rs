@@ -11,7 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 
 use super::fees::Quote;
 use super::tx::{self, ItemCalls};
-use super::{ChainCtx, Item, LaneHealth, StepError, ms_from_now, reconciler};
+use super::{ChainCtx, Item, LaneHandle, LaneHealth, StepError, ms_from_now, reconciler};
 use crate::ledger::Transition;
 
 /// The longest an item that could not be judged is deferred.
@@ -168,23 +168,41 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
     }
     let full = items.len() == want;
     let good = simulate(ctx, items, deferrals).await?;
+    // An item bound to one gas wallet (upto) goes alone to that wallet's lane, if it is ready;
+    // otherwise it waits in the queue for a later round.
+    let (bound, free): (Vec<Item>, Vec<Item>) =
+        good.into_iter().partition(|(_, c)| c.sender.is_some());
+    for item in bound {
+        let lane = lanes
+            .iter()
+            .filter_map(|&i| ctx.lanes.get(i))
+            .find(|l| Some(l.shared.wallet) == item.1.sender);
+        if let Some(lane) = lane {
+            hand_over(ctx, lane, vec![item]).await;
+        }
+    }
     let mut lanes = lanes.into_iter().cycle();
-    for chunk in good.chunks(max) {
+    for chunk in free.chunks(max) {
         let Some(lane) = lanes.next().and_then(|i| ctx.lanes.get(i)) else {
             break;
         };
-        let ids: Vec<i64> = chunk.iter().map(|(p, _)| p.id).collect();
-        ctx.assigned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(ids.iter().copied());
-        lane.shared.load.fetch_add(1, Ordering::Relaxed);
-        if lane.batches.send(chunk.to_vec()).await.is_err() {
-            lane.shared.load.fetch_sub(1, Ordering::Relaxed);
-            ctx.unassign(ids);
-        }
+        hand_over(ctx, lane, chunk.to_vec()).await;
     }
     Ok(full)
+}
+
+/// Gives a batch to a lane; its payments stay out of later rounds until the lane is done.
+async fn hand_over(ctx: &ChainCtx, lane: &LaneHandle, batch: Vec<Item>) {
+    let ids: Vec<i64> = batch.iter().map(|(p, _)| p.id).collect();
+    ctx.assigned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(ids.iter().copied());
+    lane.shared.load.fetch_add(1, Ordering::Relaxed);
+    if lane.batches.send(batch).await.is_err() {
+        lane.shared.load.fetch_sub(1, Ordering::Relaxed);
+        ctx.unassign(ids);
+    }
 }
 
 /// Simulates every item alone (one request for all); the ones that would fail are judged and

@@ -16,17 +16,22 @@ use crate::ledger::Payment;
 /// One payment's calls, as the batch will make them.
 #[derive(Debug, Clone)]
 pub struct ItemCalls {
-    pub token: Address,
+    /// Where `transfer` goes: the token (EIP-3009) or a Permit2 proxy.
+    pub target: Address,
     pub deploy: Option<(Address, Bytes)>,
     pub transfer: Bytes,
+    /// The only gas wallet that may send it (the upto proxy checks `msg.sender`): such an item
+    /// goes alone, straight to its target, never through Multicall3.
+    pub sender: Option<Address>,
 }
 
 impl ItemCalls {
     pub fn of(p: &Payment) -> ItemCalls {
         ItemCalls {
-            token: p.asset,
+            target: p.call_target,
             deploy: p.deploy.as_ref().map(|d| (d.factory, d.calldata.clone())),
             transfer: p.transfer_calldata.clone(),
+            sender: p.sender,
         }
     }
 }
@@ -49,7 +54,7 @@ pub fn batch_call(items: &[ItemCalls]) -> BatchCall {
         && only.deploy.is_none()
     {
         return BatchCall {
-            to: only.token,
+            to: only.target,
             input: only.transfer.clone(),
             strict_input: only.transfer.clone(),
         };
@@ -65,7 +70,7 @@ pub fn batch_call(items: &[ItemCalls]) -> BatchCall {
                 });
             }
             calls.push(IMulticall3::Call3 {
-                target: item.token,
+                target: item.target,
                 allowFailure: allow_failure,
                 callData: item.transfer.clone(),
             });
@@ -81,9 +86,10 @@ pub fn batch_call(items: &[ItemCalls]) -> BatchCall {
 
 /// The simulation of one item: its transfer, after its deployment when it has one.
 pub fn simulation(item: &ItemCalls) -> RpcCall {
-    match &item.deploy {
-        None => RpcCall::call(item.token, item.transfer.clone()),
-        Some((factory, data)) => {
+    match (&item.deploy, item.sender) {
+        (None, Some(sender)) => RpcCall::call_from(sender, item.target, item.transfer.clone()),
+        (None, None) => RpcCall::call(item.target, item.transfer.clone()),
+        (Some((factory, data)), _) => {
             let calls = vec![
                 IMulticall3::Call3 {
                     target: *factory,
@@ -91,7 +97,7 @@ pub fn simulation(item: &ItemCalls) -> RpcCall {
                     callData: data.clone(),
                 },
                 IMulticall3::Call3 {
-                    target: item.token,
+                    target: item.target,
                     allowFailure: false,
                     callData: item.transfer.clone(),
                 },
@@ -226,12 +232,13 @@ mod tests {
     #[test]
     fn a_single_plain_transfer_goes_direct() {
         let item = ItemCalls {
-            token: Address::repeat_byte(1),
+            target: Address::repeat_byte(1),
             deploy: None,
             transfer: Bytes::from(vec![1, 2]),
+            sender: None,
         };
         let call = batch_call(std::slice::from_ref(&item));
-        assert_eq!(call.to, item.token);
+        assert_eq!(call.to, item.target);
         let two = batch_call(&[item.clone(), item]);
         assert_eq!(two.to, MULTICALL3);
         assert_ne!(two.input, two.strict_input);

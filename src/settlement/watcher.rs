@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{ChainCtx, StepError, reconciler};
 use crate::chain::bindings::IEip3009Token;
 use crate::chain::{RpcCall, RpcError};
-use crate::ledger::{MinedTx, Payment, PaymentState, Transition, TxStatus};
+use crate::ledger::{Method, MinedTx, Payment, PaymentState, Transition, TxStatus};
 
 /// A receipt with the fields alloy does not model (the OP Stack's `l1Fee`).
 pub(crate) type Receipt = WithOtherFields<TransactionReceipt>;
@@ -69,6 +69,12 @@ impl TransferMoves {
             .iter()
             .position(|(t, l)| *t == token && l.from == from && l.to == to && l.value == value);
         found.map(|i| self.0.swap_remove(i)).is_some()
+    }
+
+    /// Whether a `Transfer` of `token` from `from` is left (a Permit2 item that ran but moved
+    /// another amount, or to someone else).
+    fn moved_from(&self, token: Address, from: Address) -> bool {
+        self.0.iter().any(|(t, l)| *t == token && l.from == from)
     }
 
     /// What the receipt moved from the payment's payer, for the failure message.
@@ -165,16 +171,31 @@ pub(super) async fn on_receipt(
     let mut unsettled: Vec<Payment> = Vec::new();
     let mut mismatched: Vec<(i64, String)> = Vec::new();
     let mut moves = TransferMoves::of(receipt);
-    for p in payments {
-        if p.state != PaymentState::InBatch {
-            continue;
-        }
+    // EIP-3009 items first: their `AuthorizationUsed` says which ran, so their `Transfer`s are
+    // matched before a Permit2 item, known only by its `Transfer`, could take one of them.
+    let (eip3009, permit2): (Vec<Payment>, Vec<Payment>) = payments
+        .into_iter()
+        .filter(|p| p.state == PaymentState::InBatch)
+        .partition(|p| p.method == Method::Eip3009);
+    for p in eip3009 {
         if !used.contains(&(p.asset, p.payer, p.nonce)) {
             unsettled.push(p);
         } else if moves.take(p.asset, p.payer, p.pay_to, p.amount) {
             settled.push(p.id);
         } else {
             mismatched.push((p.id, moves.describe(&p)));
+        }
+    }
+    for p in permit2 {
+        // Permit2 logs nothing of its own: the item ran if the token moved for it. A zero upto
+        // charge moves nothing, and rides alone in its transaction, so success is its proof.
+        let zero_alone = p.amount.is_zero() && mined.succeeded && p.sender.is_some();
+        if moves.take(p.asset, p.payer, p.pay_to, p.amount) || zero_alone {
+            settled.push(p.id);
+        } else if mined.succeeded && moves.moved_from(p.asset, p.payer) {
+            mismatched.push((p.id, moves.describe(&p)));
+        } else {
+            unsettled.push(p);
         }
     }
     let plain = unsettled.is_empty() && mismatched.is_empty() && no_deploys;

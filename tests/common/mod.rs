@@ -330,6 +330,7 @@ impl Harness {
                 name: Some(self.chain.usdc_name.clone()),
                 version: Some("2".into()),
                 asset_transfer_method: None,
+                facilitator_address: None,
             }),
         }
     }
