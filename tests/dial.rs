@@ -178,7 +178,20 @@ async fn unpaid_requests_get_a_v2_offer_browsers_a_page() {
         &json!({"to": "+14155550100", "message": "hi"}),
     )
     .await;
-    assert_eq!(required.accepts.len(), 1, "one offer: the chain's USDC");
+    assert_eq!(
+        required.accepts.len(),
+        2,
+        "the chain's USDC, exact and upto: {:?}",
+        required.accepts
+    );
+    // Sending is metered: also offered as upto, up to the longest message, bound to the
+    // facilitator's upto wallet.
+    let upto = &required.accepts[1];
+    assert_eq!(upto.scheme, "upto");
+    assert_eq!(upto.amount.0, U256::from(SMS_PRICE * 10));
+    let upto_extra = upto.extra.clone().unwrap();
+    assert_eq!(upto_extra.asset_transfer_method.as_deref(), Some("permit2"));
+    assert_eq!(upto_extra.facilitator_address, Some(h.gas_key.address()));
     let offer = &required.accepts[0];
     assert_eq!(offer.scheme, "exact");
     assert_eq!(offer.network, "eip155:84532");
@@ -1097,4 +1110,81 @@ async fn siwe_odd_inputs_get_4xx_never_a_dropped_connection() {
         let status = r.status().as_u16();
         assert!((400..500).contains(&status), "{status} for {shown}");
     }
+}
+
+/// `sms/send` offered as upto: the payer authorises the longest message (10 segments) and is
+/// charged for the segments its message takes; a bad number is refused before any charge.
+#[tokio::test]
+async fn upto_sms_charges_the_segments_sent() {
+    let h = dial_harness("").await;
+    let payer = h.funded_payer(10_000_000).await;
+    h.chain.approve_permit2(&payer, h.chain.usdc).await.unwrap();
+    let mut paid = 0u64;
+    for (message, segments) in [("short", 1u64), (&"x".repeat(161)[..], 2)] {
+        let body = json!({"to": "+14155550100", "message": message});
+        let (_, required) = offer_of(&h, "/api/v1/sms/send", &body).await;
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == "upto")
+            .expect("an upto offer")
+            .clone();
+        assert_eq!(offer.amount.0, U256::from(SMS_PRICE * 10));
+        let signed = x402d::client::sign_permit2_for_v2(&payer, &offer, now()).unwrap();
+        let header = encode_header(&payload_v2(&offer, &signed));
+        let (status, headers, answer) = post_paid(
+            &h,
+            "/api/v1/sms/send",
+            &body,
+            ("payment-signature", &header),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["segments"], segments, "{answer}");
+        let receipt: Value = decode_header(
+            headers
+                .get("payment-response")
+                .and_then(|v| v.to_str().ok())
+                .expect("a receipt"),
+        )
+        .unwrap();
+        assert_eq!(receipt["success"], true, "{receipt}");
+        assert_eq!(
+            receipt["amount"],
+            (SMS_PRICE * segments).to_string(),
+            "{receipt}"
+        );
+        paid += SMS_PRICE * segments;
+        assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(paid));
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(10_000_000 - paid)
+        );
+    }
+    // Validation before payment: a bad number is a 400 and nothing moves.
+    let body = json!({"to": "not-a-number", "message": "hi"});
+    let (_, required) = offer_of(
+        &h,
+        "/api/v1/sms/send",
+        &json!({"to": "+14155550100", "message": "hi"}),
+    )
+    .await;
+    let offer = required
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "upto")
+        .unwrap()
+        .clone();
+    let signed = x402d::client::sign_permit2_for_v2(&payer, &offer, now()).unwrap();
+    let header = encode_header(&payload_v2(&offer, &signed));
+    let (status, _, _) = post_paid(
+        &h,
+        "/api/v1/sms/send",
+        &body,
+        ("payment-signature", &header),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(paid));
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 2);
 }

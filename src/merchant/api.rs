@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::Dial;
 use super::catalogue::{ESIM_PACKAGES, Product, paid_route};
-use super::paywall::{DialError, Paid, Price, Priced, ProviderRef};
+use super::paywall::{DialError, Metered, Paid, Price, Priced, ProviderRef};
 use super::providers::NUMBER_COUNTRIES;
 use super::siwe::{STATEMENT, SiweMessage, eip191_digest, format_rfc3339};
 use super::sms::{PhoneNumber, check_body};
@@ -441,10 +441,7 @@ fn token_hash(token: &str) -> String {
 impl Priced for Dial {
     fn price_of(&self, path: &str) -> Option<Price> {
         let route = paid_route(path).filter(|r| r.always_paid)?;
-        Some(Price {
-            dollars: route.price(&self.config.prices).to_owned(),
-            description: route.summary.to_owned(),
-        })
+        Some(route.offer_price(&self.config.prices))
     }
 
     fn prepare<'a>(
@@ -462,6 +459,10 @@ impl Priced for Dial {
                 .await
                 .map_err(IntoResponse::into_response)?;
             let mut extensions = Extensions::new();
+            if let Order::Send { segments, .. } = &order {
+                // What an upto payment is charged: the segments this message takes.
+                extensions.insert(Metered(u32::try_from(*segments).unwrap_or(u32::MAX)));
+            }
             extensions.insert(order);
             Ok(extensions)
         })
@@ -547,6 +548,7 @@ pub async fn my_send(
     let price = Price {
         dollars: route.price(&dial.config.prices).to_owned(),
         description: format!("{} (monthly quota used up)", route.summary),
+        metered: None,
     };
     let paywall = dial.paywall.clone();
     Ok(paywall

@@ -31,7 +31,18 @@ pub struct PaidRoute {
 }
 
 impl PaidRoute {
-    /// The route's price in dollars.
+    /// The route's price as the paywall offers it: sending is metered per segment (also offered
+    /// as `upto` up to the longest message), everything else is one price.
+    pub fn offer_price(&self, prices: &DialPrices) -> super::paywall::Price {
+        let metered = matches!(self.product, Product::MessagesSend | Product::SmsSend);
+        super::paywall::Price {
+            dollars: self.price(prices).to_owned(),
+            description: self.summary.to_owned(),
+            metered: metered.then_some(super::sms::MAX_SEGMENTS as u32),
+        }
+    }
+
+    /// The route's price in dollars (per segment for metered routes).
     pub fn price<'a>(&self, prices: &'a DialPrices) -> &'a str {
         match self.product {
             Product::MessagesSend => &prices.messages_send,

@@ -16,10 +16,7 @@ use crate::protocol::X402Version;
 use crate::protocol::discovery::DiscoveryItem;
 
 fn price_of(dial: &Dial, route: &PaidRoute) -> Price {
-    Price {
-        dollars: route.price(&dial.config.prices).to_owned(),
-        description: route.summary.to_owned(),
-    }
+    route.offer_price(&dial.config.prices)
 }
 
 /// `GET /api/v1/discovery`: every route, with prices and offers for the paid ones.

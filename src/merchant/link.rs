@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 
 use crate::facilitator::Facilitator;
 use crate::protocol::parse_facilitator_request;
-use crate::protocol::wire::{SettleResponse, VerifyResponse};
+use crate::protocol::wire::{SettleResponse, SupportedResponse, VerifyResponse};
 
 /// Why the facilitator gave no verdict.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,6 +25,8 @@ pub enum LinkError {
 pub trait FacilitatorLink: Send + Sync {
     fn verify<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Result<VerifyResponse, LinkError>>;
     fn settle<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Result<SettleResponse, LinkError>>;
+    /// `GET /supported`: what it settles, and the wallet an upto payment must bind.
+    fn supported(&self) -> BoxFuture<'_, Result<SupportedResponse, LinkError>>;
 }
 
 /// The facilitator of this process, called directly.
@@ -51,6 +53,10 @@ impl FacilitatorLink for InProcess {
                 .await
                 .map_err(|e| LinkError::Unavailable(e.to_string()))
         })
+    }
+
+    fn supported(&self) -> BoxFuture<'_, Result<SupportedResponse, LinkError>> {
+        Box::pin(async move { Ok(self.0.supported()) })
     }
 }
 
@@ -98,6 +104,12 @@ impl OverHttp {
             .text()
             .await
             .map_err(|e| LinkError::Unavailable(e.to_string()))?;
+        // 412 is a verdict with a body (a missing Permit2 approval), not a malformed request.
+        if status == reqwest::StatusCode::PRECONDITION_FAILED
+            && let Ok(answer) = serde_json::from_str(&text)
+        {
+            return Ok(answer);
+        }
         if status.is_client_error() {
             return Err(LinkError::Rejected(format!("{status}: {text}")));
         }
@@ -116,5 +128,24 @@ impl FacilitatorLink for OverHttp {
 
     fn settle<'a>(&'a self, body: &'a [u8]) -> BoxFuture<'a, Result<SettleResponse, LinkError>> {
         Box::pin(self.post("/settle", body))
+    }
+
+    fn supported(&self) -> BoxFuture<'_, Result<SupportedResponse, LinkError>> {
+        Box::pin(async move {
+            let mut request = self.client.get(format!("{}/supported", self.base));
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| LinkError::Unavailable(e.to_string()))?;
+            response
+                .error_for_status()
+                .map_err(|e| LinkError::Unavailable(e.to_string()))?
+                .json()
+                .await
+                .map_err(|e| LinkError::Unavailable(format!("unreadable /supported: {e}")))
+        })
     }
 }

@@ -84,6 +84,22 @@ impl Dial {
         })?)
         .map_err(DialStartError::PublicUrl)?;
         let chains = Chains::from_config(config)?;
+        // The facilitator's upto wallets, per network: Dial offers upto where it has one.
+        let upto: Vec<(String, alloy::primitives::Address)> = match link.supported().await {
+            Ok(s) => s
+                .kinds
+                .iter()
+                .filter(|k| k.scheme == "upto")
+                .filter_map(|k| {
+                    let wallet = k.extra.as_ref()?.get("facilitatorAddress")?.as_str()?;
+                    Some((k.network.clone(), wallet.parse().ok()?))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the facilitator's /supported is unreadable: Dial offers no upto");
+                Vec::new()
+            }
+        };
         let assets = chains
             .networks()
             .iter()
@@ -95,6 +111,11 @@ impl Dial {
                     name: t.name.clone(),
                     version: t.version.clone(),
                     decimals: t.decimals,
+                    upto_facilitator: upto
+                        .iter()
+                        .find(|(network, _)| *network == n.chain_id.caip2())
+                        .map(|(_, wallet)| *wallet)
+                        .filter(|_| t.accepts(crate::protocol::TransferMethod::Permit2)),
                 })
             })
             // Dial sells in the built-in USDC only: an operator's other tokens are for the facilitator.

@@ -20,7 +20,7 @@ use crate::client::facilitator_body;
 use crate::protocol::primitives::dollars_to_atomic;
 use crate::protocol::wire::{
     ExactEvmPayload, ExactExtra, PaymentPayloadV1, PaymentPayloadV2, PaymentRequiredV2,
-    RequirementsV1, RequirementsV2, ResourceInfo, SettleResponse,
+    Permit2Payload, RequirementsV1, RequirementsV2, ResourceInfo, SettleResponse,
 };
 use crate::protocol::{ChainId, X402Version, decode_header, encode_header};
 
@@ -42,15 +42,26 @@ pub struct OfferAsset {
     pub name: String,
     pub version: String,
     pub decimals: u8,
+    /// The facilitator wallet an upto payment in this token binds, when the facilitator offers
+    /// upto for it (Permit2 on this chain, from its `/supported`).
+    pub upto_facilitator: Option<Address>,
 }
 
 /// A route's price as the paywall needs it.
 #[derive(Debug, Clone)]
 pub struct Price {
-    /// Dollars, as a decimal string.
+    /// Dollars, as a decimal string (per unit when metered).
     pub dollars: String,
     pub description: String,
+    /// Metered: `dollars` is per unit, and the route is also offered as `upto` for at most this
+    /// many units; an upto payment is charged for the units its request uses ([`Metered`]).
+    pub metered: Option<u32>,
 }
+
+/// The units a request will use (a message's segments), put in the extensions by `prepare`: what
+/// an upto payment is charged for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metered(pub u32);
 
 /// Proof of payment, handed to the handler in the request's extensions.
 #[derive(Debug, Clone)]
@@ -216,22 +227,31 @@ pub fn dial_error(status: StatusCode, error: &str, message: &str) -> Response {
 struct Offered {
     version: X402Version,
     payload_json: Value,
+    /// The offer accepted: what `/verify` is asked about (for upto, the maximum).
+    offer: RequirementsV2,
     requirement_json: Value,
     network: String,
     asset: Address,
     amount: String,
-    exact: ExactEvmPayload,
+    decimals: u8,
+    payer: Address,
+    /// The authorization's nonce as text (EIP-3009 `bytes32`, Permit2 `uint256`).
+    nonce: String,
+    /// An upto payment: charged at settle time for what the request uses.
+    upto: bool,
 }
 
 impl Paywall {
     /// The offers for a price: one per accepted token.
     pub fn offers(&self, price: &Price) -> Vec<RequirementsV2> {
-        self.assets
-            .iter()
-            .filter_map(|a| {
-                let amount = dollars_to_atomic(&price.dollars, a.decimals).ok()?;
-                Some(RequirementsV2 {
-                    scheme: "exact".into(),
+        let mut offers = Vec::new();
+        for a in &self.assets {
+            let Ok(amount) = dollars_to_atomic(&price.dollars, a.decimals) else {
+                continue;
+            };
+            let offer =
+                |scheme: &str, amount, facilitator_address: Option<Address>| RequirementsV2 {
+                    scheme: scheme.into(),
                     network: a.chain_id.caip2(),
                     amount,
                     asset: a.asset,
@@ -240,12 +260,18 @@ impl Paywall {
                     extra: Some(ExactExtra {
                         name: Some(a.name.clone()),
                         version: Some(a.version.clone()),
-                        asset_transfer_method: None,
-                        facilitator_address: None,
+                        asset_transfer_method: facilitator_address.map(|_| "permit2".to_owned()),
+                        facilitator_address,
                     }),
-                })
-            })
-            .collect()
+                };
+            offers.push(offer("exact", amount, None));
+            if let (Some(units), Some(facilitator)) = (price.metered, a.upto_facilitator) {
+                let max =
+                    crate::protocol::AtomicAmount(amount.0 * alloy::primitives::U256::from(units));
+                offers.push(offer("upto", max, Some(facilitator)));
+            }
+        }
+        offers
     }
 
     /// The absolute URL of a path, under `dial.public_url`.
@@ -326,15 +352,14 @@ impl Paywall {
             Ok(None) => return self.answer_402(parts, path, price, None, None),
             Err(message) => return self.answer_402(parts, path, price, Some(message), None),
         };
-        let auth = &offered.exact.authorization;
-        let payer = auth.from;
+        let payer = offered.payer;
         let payer_text = payer.to_checksum(None).to_lowercase();
         let key = format!(
             "{}:{}:{}:{}",
             offered.network,
             offered.asset.to_string().to_lowercase(),
             payer_text,
-            auth.nonce
+            offered.nonce
         );
         let request_hash = request_hash(parts, body);
         let existing = match self.store.receipt_by_key(&key).await {
@@ -368,21 +393,29 @@ impl Paywall {
                 return response;
             }
         };
-        let facilitator_request = facilitator_body(
-            offered.version.number(),
-            offered.payload_json.clone(),
-            offered.requirement_json.clone(),
-        );
-        let facilitator_request = match serde_json::to_vec(&facilitator_request) {
-            Ok(b) => b,
-            Err(e) => {
-                return dial_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    &e.to_string(),
-                );
-            }
+        // upto: verified for the maximum offered, settled for what this request uses.
+        let (settle_requirement, charged) = match offered.charge(price, &extensions) {
+            Ok(c) => c,
+            Err(response) => return response,
         };
+        let body = |requirement: &Value| {
+            serde_json::to_vec(&facilitator_body(
+                offered.version.number(),
+                offered.payload_json.clone(),
+                requirement.clone(),
+            ))
+        };
+        let (facilitator_request, settle_request) =
+            match (body(&offered.requirement_json), body(&settle_requirement)) {
+                (Ok(v), Ok(s)) => (v, s),
+                (Err(e), _) | (_, Err(e)) => {
+                    return dial_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        &e.to_string(),
+                    );
+                }
+            };
         let receipt_id = match retry_of {
             Some(id) => id,
             None => {
@@ -409,7 +442,7 @@ impl Paywall {
                     payment_key: &key,
                     payer: &payer_text,
                     route: path,
-                    amount: &offered.amount,
+                    amount: &charged,
                     network: &offered.network,
                     asset: &offered.asset.to_string().to_lowercase(),
                     request_hash: &request_hash,
@@ -421,7 +454,7 @@ impl Paywall {
                 }
             }
         };
-        let settled = match self.settle(&facilitator_request).await {
+        let settled = match self.settle(&settle_request).await {
             Ok(s) => s,
             Err(m) => {
                 // The payment may or may not land: keep the receipt retryable with the same header.
@@ -672,16 +705,35 @@ impl Paywall {
                     .into_iter()
                     .find(|o| *o == p.accepted)
                     .ok_or("invalid_payment_requirements: the accepted offer is not one this route makes")?;
-                let exact: ExactEvmPayload =
-                    serde_json::from_str(p.payload.get()).map_err(invalid)?;
+                let upto = offer.scheme == "upto";
+                let (payer, nonce) = if crate::client::is_permit2_offer(&offer) {
+                    let p2: Permit2Payload =
+                        serde_json::from_str(p.payload.get()).map_err(invalid)?;
+                    let a = p2.permit2_authorization;
+                    (a.from, a.nonce.to_string())
+                } else {
+                    let exact: ExactEvmPayload =
+                        serde_json::from_str(p.payload.get()).map_err(invalid)?;
+                    let a = exact.authorization;
+                    (a.from, a.nonce.to_string())
+                };
+                let decimals = self
+                    .assets
+                    .iter()
+                    .find(|a| a.asset == offer.asset && a.chain_id.caip2() == offer.network)
+                    .map_or(6, |a| a.decimals);
                 Ok(Some(Offered {
                     version,
                     requirement_json: serde_json::to_value(&offer).map_err(invalid)?,
                     network: offer.network.clone(),
                     asset: offer.asset,
                     amount: offer.amount.to_string(),
+                    decimals,
                     payload_json,
-                    exact,
+                    payer,
+                    nonce,
+                    upto,
+                    offer,
                 }))
             }
             X402Version::V1 => {
@@ -718,17 +770,59 @@ impl Paywall {
                 };
                 let exact: ExactEvmPayload =
                     serde_json::from_str(p.payload.get()).map_err(invalid)?;
+                let offer = RequirementsV2 {
+                    scheme: requirement.scheme.clone(),
+                    network: asset.chain_id.caip2(),
+                    amount,
+                    asset: asset.asset,
+                    pay_to: requirement.pay_to,
+                    max_timeout_seconds: requirement.max_timeout_seconds,
+                    extra: requirement.extra.clone(),
+                };
                 Ok(Some(Offered {
                     version,
                     requirement_json: serde_json::to_value(&requirement).map_err(invalid)?,
                     network: asset.chain_id.caip2(),
                     asset: asset.asset,
                     amount: amount.to_string(),
+                    decimals: asset.decimals,
                     payload_json,
-                    exact,
+                    payer: exact.authorization.from,
+                    nonce: exact.authorization.nonce.to_string(),
+                    upto: false,
+                    offer,
                 }))
             }
         }
+    }
+}
+
+impl Offered {
+    /// The requirement `/settle` gets and the amount charged (atomic, as text): the offer as it
+    /// is, or for upto the per-unit price times the units the request uses (never above the
+    /// maximum the payer signed; a handler that metered nothing is charged the maximum).
+    fn charge(&self, price: &Price, extensions: &Extensions) -> Result<(Value, String), Response> {
+        if !self.upto {
+            return Ok((self.requirement_json.clone(), self.amount.clone()));
+        }
+        let unit = dollars_to_atomic(&price.dollars, self.decimals)
+            .map_err(|e| dial_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?;
+        let units = extensions
+            .get::<Metered>()
+            .map(|m| m.0)
+            .or(price.metered)
+            .unwrap_or(1);
+        let charge = (unit.0 * alloy::primitives::U256::from(units)).min(self.offer.amount.0);
+        let mut requirement = self.offer.clone();
+        requirement.amount = crate::protocol::AtomicAmount(charge);
+        let json = serde_json::to_value(&requirement).map_err(|e| {
+            dial_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            )
+        })?;
+        Ok((json, charge.to_string()))
     }
 }
 
