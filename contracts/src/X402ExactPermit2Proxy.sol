@@ -3,6 +3,9 @@ pragma solidity 0.8.28;
 
 import {Permit2, PermitTransferFrom, SignatureTransferDetails} from "./Permit2.sol";
 
+// The address is `x402ExactPermit2ProxyAddress` of the npm package @x402/evm (the Go SDK's
+// `X402ExactPermit2ProxyAddress`): a CREATE2 deployment verified on Base and Base Sepolia per the
+// SDK notes. x402d keeps it configurable per network: the SDKs have moved it before.
 /**
  * @title X402ExactPermit2Proxy
  * @notice Test-only stand-in for the x402 exact Permit2 proxy (same `settle` ABI, errors and event),

@@ -3,6 +3,9 @@ pragma solidity 0.8.28;
 
 import {Permit2, PermitTransferFrom, SignatureTransferDetails} from "./Permit2.sol";
 
+// The address is the x402 SDKs' upto proxy constant (`X402UptoPermit2ProxyAddress`; npm package
+// @x402/evm and the Go SDK): a CREATE2 deployment verified on Base and Base Sepolia per the SDK
+// notes. x402d keeps it configurable per network: the SDKs have moved it before.
 /**
  * @title X402UptoPermit2Proxy
  * @notice Test-only stand-in for the x402 upto Permit2 proxy (same `settle` ABI, errors and event),
