@@ -63,6 +63,8 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
     assert_eq!(env["network"], "eip155:84532");
     assert_eq!(env["usdc"], "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
     assert_eq!(env["payer_keys"].as_array().unwrap().len(), 2);
+    let plain_token = assert_permit2_ready(&env).await;
+    assert_ne!(plain_token.to_checksum(None), env["usdc"]);
 
     // Pay Dial with a key from the file, exactly as a newcomer would.
     let payer: PrivateKeySigner = env["payer_keys"][0].as_str().unwrap().parse().unwrap();
@@ -114,6 +116,88 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
         after.is_err(),
         "anvil still answers at {rpc} after x402d dev stopped"
     );
+}
+
+/// `--env-out` lists the tokens (USDC: EIP-3009 and Permit2; the plain token: Permit2 only) and
+/// where Permit2 and the x402 proxies are, and every payer holds the plain token and has approved
+/// Permit2 for both tokens on chain. Returns the plain token.
+async fn assert_permit2_ready(env: &Value) -> alloy::primitives::Address {
+    use alloy::network::TransactionBuilder;
+    use alloy::primitives::{Address, U256};
+    use alloy::providers::Provider;
+    use alloy::sol_types::SolCall;
+    use x402d::chain::bindings::{EXACT_PERMIT2_PROXY, IErc20, PERMIT2, UPTO_PERMIT2_PROXY};
+
+    let tokens = env["tokens"].as_array().expect("tokens");
+    assert_eq!(tokens.len(), 2, "{env}");
+    let usdc = &tokens[0];
+    assert_eq!(usdc["address"], env["usdc"]);
+    assert_eq!(usdc["name"], env["eip712_name"]);
+    assert_eq!(usdc["version"], env["eip712_version"]);
+    assert_eq!(usdc["decimals"], 6);
+    assert_eq!(usdc["symbol"], "USDC");
+    assert_eq!(
+        usdc["transferMethods"],
+        serde_json::json!(["eip3009", "permit2"])
+    );
+    let plain = &tokens[1];
+    assert_eq!(plain["name"], "Test Token");
+    assert!(
+        plain.get("version").is_some_and(Value::is_null),
+        "no EIP-712 version, said as null: {plain}"
+    );
+    assert_eq!(plain["decimals"], 6);
+    assert_eq!(plain["symbol"], "TT");
+    assert_eq!(plain["transferMethods"], serde_json::json!(["permit2"]));
+    assert_eq!(
+        env["permit2"],
+        serde_json::json!({
+            "address": PERMIT2.to_checksum(None),
+            "exactProxy": EXACT_PERMIT2_PROXY.to_checksum(None),
+            "uptoProxy": UPTO_PERMIT2_PROXY.to_checksum(None),
+        })
+    );
+
+    let chain = alloy::providers::ProviderBuilder::new()
+        .connect_http(env["rpc_url"].as_str().unwrap().parse().unwrap());
+    let read = |token: Address, data: Vec<u8>| {
+        let chain = chain.clone();
+        async move {
+            let tx = alloy::rpc::types::TransactionRequest::default()
+                .with_to(token)
+                .with_input(data);
+            U256::from_be_slice(&chain.call(tx).await.unwrap())
+        }
+    };
+    let plain_token: Address = plain["address"].as_str().unwrap().parse().unwrap();
+    let usdc_token: Address = usdc["address"].as_str().unwrap().parse().unwrap();
+    for key in env["payer_keys"].as_array().unwrap() {
+        let payer: PrivateKeySigner = key.as_str().unwrap().parse().unwrap();
+        for token in [plain_token, usdc_token] {
+            let allowance = IErc20::allowanceCall {
+                owner: payer.address(),
+                spender: PERMIT2,
+            };
+            assert_eq!(
+                read(token, allowance.abi_encode()).await,
+                U256::MAX,
+                "{token}: Permit2 allowance"
+            );
+        }
+        let held = IErc20::balanceOfCall {
+            account: payer.address(),
+        };
+        assert_eq!(
+            read(plain_token, held.abi_encode()).await,
+            U256::from(1_000_000_000u64),
+            "plain token funded"
+        );
+    }
+    // Permit2 and both proxies have code at their canonical addresses.
+    for at in [PERMIT2, EXACT_PERMIT2_PROXY, UPTO_PERMIT2_PROXY] {
+        assert!(!chain.get_code_at(at).await.unwrap().is_empty(), "{at}");
+    }
+    plain_token
 }
 
 /// Pays one SMS through a Dial at `merchant`, on Base Sepolia.
@@ -296,6 +380,8 @@ async fn dev_fork_url_settles_on_the_fork_and_leaves_the_upstream_untouched() {
     assert_eq!(env["eip712_version"], "2");
     assert_eq!(env["forked_from"], upstream.rpc_url());
     assert_eq!(env["fork_block"], fork_block);
+    // The fork found Permit2 and the proxies upstream and kept them; its payers are ready too.
+    assert_permit2_ready(&env).await;
 
     let fork = alloy::providers::ProviderBuilder::new()
         .connect_http(env["rpc_url"].as_str().unwrap().parse().unwrap())

@@ -1,6 +1,7 @@
 //! A local chain that looks like Base or Base Sepolia: anvil with our test USDC at the canonical
-//! USDC address and Multicall3 at its canonical address, so the built-in network configuration
-//! works unchanged. Used by the tests, the benchmarks and `x402d dev`.
+//! USDC address, Multicall3, Permit2 and the x402 Permit2 proxies at their canonical addresses, so
+//! the built-in network configuration works unchanged, plus a plain ERC-20 (no EIP-3009) for
+//! Permit2 payments. Used by the tests, the benchmarks and `x402d dev`.
 
 use std::path::PathBuf;
 
@@ -13,7 +14,9 @@ use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolCall;
 
-use crate::chain::bindings::MULTICALL3;
+use crate::chain::bindings::{
+    EXACT_PERMIT2_PROXY, IErc20, MULTICALL3, PERMIT2, UPTO_PERMIT2_PROXY,
+};
 use crate::chain::builtin_usdc;
 
 alloy::sol! {
@@ -43,6 +46,16 @@ pub mod artifacts {
     /// TestUSDC keeping 1 % of every transfer: the payee gets less than was signed for.
     pub const FEE_ON_TRANSFER_USDC: &str =
         include_str!("../../contracts/out/FeeOnTransferUSDC.json");
+    /// A plain ERC-20 without EIP-3009 ("Test Token", TT, 6 decimals), paid through Permit2.
+    pub const TEST_TOKEN: &str = include_str!("../../contracts/out/TestToken.json");
+    /// Our Permit2 SignatureTransfer stand-in, placed at the canonical Permit2 address.
+    pub const PERMIT2: &str = include_str!("../../contracts/out/Permit2.json");
+    /// The x402 exact Permit2 proxy, placed at its SDK address.
+    pub const EXACT_PERMIT2_PROXY: &str =
+        include_str!("../../contracts/out/X402ExactPermit2Proxy.json");
+    /// The x402 upto Permit2 proxy, placed at its SDK address.
+    pub const UPTO_PERMIT2_PROXY: &str =
+        include_str!("../../contracts/out/X402UptoPermit2Proxy.json");
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +71,15 @@ pub enum DevChainError {
 pub(super) fn chain_err(e: impl std::fmt::Display) -> DevChainError {
     DevChainError::Chain(e.to_string())
 }
+
+/// What [`DevChain::plain_token`] says of itself (contracts/src/TestToken.sol).
+pub const PLAIN_TOKEN_NAME: &str = "Test Token";
+pub const PLAIN_TOKEN_SYMBOL: &str = "TT";
+pub const PLAIN_TOKEN_DECIMALS: u8 = 6;
+
+/// ETH given to a payer without any before it sends its own approval (0.1 ETH: thousands of
+/// approvals at anvil's fees).
+const PAYER_GAS_WEI: u128 = 100_000_000_000_000_000;
 
 /// Where the pinned anvil lives inside the repository's `anvil/` directory.
 const PINNED_ANVIL: &str = "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
@@ -169,17 +191,32 @@ fn install_anvil(dir: &std::path::Path) -> Result<PathBuf, DevChainError> {
     Ok(bin)
 }
 
-/// Creation bytecode of an artifact.
-pub fn creation_code(artifact: &str) -> Result<Bytes, DevChainError> {
-    #[derive(serde::Deserialize)]
-    struct Artifact {
-        bytecode: String,
-    }
-    let a: Artifact =
-        serde_json::from_str(artifact).map_err(|e| DevChainError::Artifact(e.to_string()))?;
-    alloy::hex::decode(a.bytecode.trim_start_matches("0x"))
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Artifact {
+    bytecode: String,
+    deployed_bytecode: String,
+}
+
+fn parse_artifact(artifact: &str) -> Result<Artifact, DevChainError> {
+    serde_json::from_str(artifact).map_err(|e| DevChainError::Artifact(e.to_string()))
+}
+
+fn decode_code(hex: &str) -> Result<Bytes, DevChainError> {
+    alloy::hex::decode(hex.trim_start_matches("0x"))
         .map(Into::into)
         .map_err(|e| DevChainError::Artifact(e.to_string()))
+}
+
+/// Creation bytecode of an artifact.
+pub fn creation_code(artifact: &str) -> Result<Bytes, DevChainError> {
+    decode_code(&parse_artifact(artifact)?.bytecode)
+}
+
+/// Runtime bytecode of an artifact (what `anvil_setCode` places; only right for contracts with
+/// no immutables and no constructor state).
+pub fn runtime_code(artifact: &str) -> Result<Bytes, DevChainError> {
+    decode_code(&parse_artifact(artifact)?.deployed_bytecode)
 }
 
 /// A running local chain with our contracts in place.
@@ -194,7 +231,11 @@ pub struct DevChain {
     pub usdc_name: String,
     pub usdc_version: String,
     pub usdc_decimals: u8,
+    pub usdc_symbol: String,
     pub wallet_factory: Address,
+    /// A plain ERC-20 without EIP-3009 ("Test Token", TT, 6 decimals, minted by `owner`): the
+    /// "any ERC-20" of Permit2 payments. Deployed at a fresh address, on a fork too.
+    pub plain_token: Address,
     /// On a fork: the upstream chain and where the token keeps its balances.
     pub fork: Option<Fork>,
 }
@@ -234,19 +275,25 @@ impl DevChain {
             usdc_name: usdc_name.to_owned(),
             usdc_version: "2".to_owned(),
             usdc_decimals: 6,
+            usdc_symbol: "USDC".to_owned(),
             wallet_factory: Address::ZERO,
+            plain_token: Address::ZERO,
             fork: None,
         };
         chain.place_multicall3().await?;
+        chain.place_permit2().await?;
         chain.place_token(usdc, usdc_name, "2", 6).await?;
         chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
+        chain.plain_token = chain.deploy(artifacts::TEST_TOKEN).await?;
         Ok(chain)
     }
 
     /// Starts anvil forking `upstream` (at `block`, else its latest) and serves its real token:
     /// `token`, else the chain's built-in USDC. Its EIP-712 domain is read from the chain; only
     /// what is missing is added (Multicall3 if absent, our ERC-6492 wallet factory at a new
-    /// address). Nothing reaches the upstream chain: anvil only reads from it.
+    /// address, Permit2 and the x402 Permit2 proxies where the chain has none — on Base they are
+    /// deployed —, a plain ERC-20 at a new address). Nothing reaches the upstream chain: anvil only
+    /// reads from it.
     pub async fn fork(
         upstream: &str,
         block: Option<u64>,
@@ -283,7 +330,9 @@ impl DevChain {
             usdc_name: t.name,
             usdc_version: t.version,
             usdc_decimals: t.decimals,
+            usdc_symbol: t.symbol,
             wallet_factory: Address::ZERO,
+            plain_token: Address::ZERO,
             fork: Some(Fork {
                 upstream: upstream.to_owned(),
                 block,
@@ -291,7 +340,9 @@ impl DevChain {
             }),
         };
         chain.place_multicall3().await?;
+        chain.place_permit2().await?;
         chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
+        chain.plain_token = chain.deploy(artifacts::TEST_TOKEN).await?;
         Ok(chain)
     }
 
@@ -311,6 +362,69 @@ impl DevChain {
                 .await
             }
         }
+    }
+
+    /// Gives `account` `amount` of `token`: the chain's USDC as [`DevChain::fund_usdc`] does, any
+    /// other token by `mint` from the owner (our test tokens, [`DevChain::plain_token`]).
+    pub async fn fund_token(
+        &self,
+        token: Address,
+        account: Address,
+        amount: U256,
+    ) -> Result<(), DevChainError> {
+        if token == self.usdc {
+            return self.fund_usdc(account, amount).await;
+        }
+        self.mint(token, account, amount).await
+    }
+
+    /// The payer itself approves Permit2 for all of its `token` (what a wallet does once before
+    /// paying any ERC-20 through Permit2). A payer without ETH is given a little for the gas.
+    ///
+    /// # Errors
+    /// When a call fails or the approval reverts.
+    pub async fn approve_permit2(
+        &self,
+        payer: &PrivateKeySigner,
+        token: Address,
+    ) -> Result<(), DevChainError> {
+        let who = payer.address();
+        if self
+            .provider
+            .get_balance(who)
+            .await
+            .map_err(chain_err)?
+            .is_zero()
+        {
+            self.fund_eth(who, U256::from(PAYER_GAS_WEI)).await?;
+        }
+        let approve = IErc20::approveCall {
+            spender: PERMIT2,
+            amount: U256::MAX,
+        };
+        let tx = TransactionRequest::default()
+            .with_to(token)
+            .with_input(approve.abi_encode());
+        if !self.send_from(payer, tx).await?.status() {
+            return Err(chain_err(format!(
+                "{who} approving Permit2 for {token} reverted"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `token.allowance(owner, spender)`.
+    pub async fn allowance(
+        &self,
+        token: Address,
+        owner: Address,
+        spender: Address,
+    ) -> Result<U256, DevChainError> {
+        let tx = TransactionRequest::default()
+            .with_to(token)
+            .with_input(IErc20::allowanceCall { owner, spender }.abi_encode());
+        let out = self.provider.call(tx).await.map_err(chain_err)?;
+        IErc20::allowanceCall::abi_decode_returns(&out).map_err(chain_err)
     }
 
     pub fn rpc_url(&self) -> String {
@@ -395,6 +509,32 @@ impl DevChain {
         Ok(at)
     }
 
+    /// Puts our Permit2 and the x402 Permit2 proxies at their canonical addresses, each only where
+    /// there is no code yet (a fork of Base keeps the real ones). Their runtime code is placed as
+    /// compiled: none of them has constructor state or immutables.
+    async fn place_permit2(&self) -> Result<(), DevChainError> {
+        for (at, artifact) in [
+            (PERMIT2, artifacts::PERMIT2),
+            (EXACT_PERMIT2_PROXY, artifacts::EXACT_PERMIT2_PROXY),
+            (UPTO_PERMIT2_PROXY, artifacts::UPTO_PERMIT2_PROXY),
+        ] {
+            if !self
+                .provider
+                .get_code_at(at)
+                .await
+                .map_err(chain_err)?
+                .is_empty()
+            {
+                continue;
+            }
+            self.provider
+                .anvil_set_code(at, runtime_code(artifact)?)
+                .await
+                .map_err(chain_err)?;
+        }
+        Ok(())
+    }
+
     async fn place_multicall3(&self) -> Result<(), DevChainError> {
         let existing = self
             .provider
@@ -445,6 +585,30 @@ impl DevChain {
             .await
             .map_err(chain_err)?
             .tx_hash();
+        self.wait_mined(hash).await
+    }
+
+    /// Sends a transaction signed by `from` (not the owner) and waits for its receipt, whatever its
+    /// status. `from` pays the gas: give it ETH first ([`DevChain::fund_eth`]).
+    pub async fn send_from(
+        &self,
+        from: &PrivateKeySigner,
+        tx: TransactionRequest,
+    ) -> Result<TransactionReceipt, DevChainError> {
+        // A provider per sender: the chain's own provider signs only as the owner.
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(from.clone()))
+            .connect_http(self.anvil.endpoint_url());
+        let hash = *provider
+            .send_transaction(tx.with_from(from.address()))
+            .await
+            .map_err(chain_err)?
+            .tx_hash();
+        self.wait_mined(hash).await
+    }
+
+    /// Waits for the receipt of `hash`, whatever its status.
+    async fn wait_mined(&self, hash: B256) -> Result<TransactionReceipt, DevChainError> {
         // Polled by hand, and nudged: concurrent sends from one account may reach an automining
         // anvil out of nonce order; the early one waits in the pool until some later transaction
         // makes a block, and when it is the last one nothing ever does (seen as tests waiting

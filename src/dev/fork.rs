@@ -15,8 +15,9 @@ use super::chain::{DevChainError, chain_err};
 use crate::chain::bindings::IEip3009Token;
 
 alloy::sol! {
-    interface IErc20Decimals {
+    interface IErc20Metadata {
         function decimals() external view returns (uint8);
+        function symbol() external view returns (string);
     }
 }
 
@@ -27,6 +28,7 @@ pub struct ForkedToken {
     pub name: String,
     pub version: String,
     pub decimals: u8,
+    pub symbol: String,
 }
 
 /// Where a token keeps `balanceOf(account)`: the mapping's slot and the key order of its layout.
@@ -82,7 +84,8 @@ pub async fn read_token(
     }
     let name = view(p, token, IEip3009Token::nameCall {}).await?;
     let version = view(p, token, IEip3009Token::versionCall {}).await?;
-    let decimals = view(p, token, IErc20Decimals::decimalsCall {}).await?;
+    let decimals = view(p, token, IErc20Metadata::decimalsCall {}).await?;
+    let symbol = view(p, token, IErc20Metadata::symbolCall {}).await?;
     let on_chain: B256 = view(p, token, IEip3009Token::DOMAIN_SEPARATORCall {}).await?;
     let ours = Eip712Domain::new(
         Some(name.clone().into()),
@@ -103,6 +106,7 @@ pub async fn read_token(
         name,
         version,
         decimals,
+        symbol,
     })
 }
 

@@ -8,8 +8,9 @@ use alloy::primitives::U256;
 use alloy::signers::local::PrivateKeySigner;
 use serde::Serialize;
 
+use crate::chain::bindings::{EXACT_PERMIT2_PROXY, PERMIT2, UPTO_PERMIT2_PROXY};
 use crate::config::Config;
-use crate::dev::chain::DevChain;
+use crate::dev::chain::{DevChain, PLAIN_TOKEN_DECIMALS, PLAIN_TOKEN_NAME, PLAIN_TOKEN_SYMBOL};
 use crate::http::server::RunningServer;
 
 /// Options of `x402d dev`.
@@ -59,6 +60,33 @@ pub struct DevEnvironment {
     pub forked_from: Option<String>,
     /// The block it was forked at, when one was asked for.
     pub fork_block: Option<u64>,
+    /// Every token on the chain a payer holds, and how each can be paid (the USDC first).
+    pub tokens: Vec<DevToken>,
+    /// Permit2 and the x402 Permit2 proxies (every payer has approved Permit2 for every token).
+    pub permit2: DevPermit2,
+}
+
+/// A token of the dev chain, as `--env-out` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DevToken {
+    pub address: String,
+    pub name: String,
+    /// The EIP-712 domain version; `None` for a token without an EIP-712 domain.
+    pub version: Option<String>,
+    pub decimals: u8,
+    pub symbol: String,
+    /// `extra.assetTransferMethod` values a payment in this token can use.
+    pub transfer_methods: Vec<String>,
+}
+
+/// Where Permit2 and the x402 Permit2 proxies are on the dev chain.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DevPermit2 {
+    pub address: String,
+    pub exact_proxy: String,
+    pub upto_proxy: String,
 }
 
 /// A running dev environment; dropping it stops anvil.
@@ -69,7 +97,7 @@ pub struct DevStack {
     pub env: DevEnvironment,
 }
 
-/// USDC minted to each dev payer: $1,000.
+/// USDC minted to each dev payer: $1,000 (and as many of the plain token).
 const PAYER_FUNDS: u64 = 1_000_000_000;
 
 /// Starts anvil, places the contracts, funds the gas wallets and the payers, writes a ready config,
@@ -94,6 +122,12 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         chain
             .fund_usdc(p.address(), U256::from(PAYER_FUNDS))
             .await?;
+        chain
+            .fund_token(chain.plain_token, p.address(), U256::from(PAYER_FUNDS))
+            .await?;
+        // Ready for Permit2 payments in either token: the one-time approval a wallet would send.
+        chain.approve_permit2(&p, chain.usdc).await?;
+        chain.approve_permit2(&p, chain.plain_token).await?;
         payer_keys.push(format!("0x{}", alloy::hex::encode(p.to_bytes())));
     }
     let gas_wallet_keys: Vec<String> = gas
@@ -161,6 +195,29 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         serving: server.is_some(),
         forked_from: chain.fork.as_ref().map(|f| f.upstream.clone()),
         fork_block: chain.fork.as_ref().and_then(|f| f.block),
+        tokens: vec![
+            DevToken {
+                address: chain.usdc.to_checksum(None),
+                name: chain.usdc_name.clone(),
+                version: Some(chain.usdc_version.clone()),
+                decimals: chain.usdc_decimals,
+                symbol: chain.usdc_symbol.clone(),
+                transfer_methods: vec!["eip3009".into(), "permit2".into()],
+            },
+            DevToken {
+                address: chain.plain_token.to_checksum(None),
+                name: PLAIN_TOKEN_NAME.into(),
+                version: None,
+                decimals: PLAIN_TOKEN_DECIMALS,
+                symbol: PLAIN_TOKEN_SYMBOL.into(),
+                transfer_methods: vec!["permit2".into()],
+            },
+        ],
+        permit2: DevPermit2 {
+            address: PERMIT2.to_checksum(None),
+            exact_proxy: EXACT_PERMIT2_PROXY.to_checksum(None),
+            upto_proxy: UPTO_PERMIT2_PROXY.to_checksum(None),
+        },
     };
     if let Some(path) = &opts.env_out {
         std::fs::write(path, serde_json::to_string_pretty(&env)?)?;
@@ -192,7 +249,7 @@ pub fn next_steps(env: &DevEnvironment) -> String {
         );
     }
     format!(
-        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc}{forked})\n  gas wallets  {gas}\n  payers       {n} funded with $1,000 each (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
+        "x402d dev is running\n  facilitator  {f}  (POST /verify, POST /settle, GET /supported)\n  Dial         {m}/api/v1/…  (paid SMS and numbers, pays {pay_to})\n  chain        {rpc} (chain id {id}, USDC {usdc}{forked})\n  gas wallets  {gas}\n  payers       {n} funded with $1,000 and 1,000 TT each, Permit2 approved (keys in --env-out)\n\nTry:\n  curl -s {f}/supported\n  curl -s {m}/api/v1/discovery\n  curl -si -X POST {m}/api/v1/sms/send -H 'content-type: application/json' -d '{{\"to\":\"+14155550100\",\"message\":\"hi\"}}'   # 402 + offer\n\nPay for it (a payer key from this chain):\n  X402D_PAYER_KEY={key} {exe} pay -X POST -d '{{\"to\":\"+14155550100\",\"message\":\"hello from x402\"}}' {m}/api/v1/sms/send\n\nCtrl-C stops everything.\n",
         f = env.facilitator_url,
         m = env.merchant_url,
         pay_to = env.pay_to,
