@@ -142,7 +142,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         .collect::<Vec<_>>()
         .join(", ");
     // On a fork the token is described as the chain says, not as the built-in table does.
-    let tokens = if chain.fork.is_some() {
+    let mut tokens = if chain.fork.is_some() {
         format!(
             "builtin_tokens = false\n[[networks.tokens]]\naddress = \"{address}\"\nname = {name}\nversion = {version}\ndecimals = {decimals}\n",
             address = chain.usdc,
@@ -153,6 +153,14 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     } else {
         String::new()
     };
+    // The plain ERC-20 is served through Permit2 only: it has no EIP-3009.
+    tokens.push_str(&format!(
+        "[[networks.tokens]]\naddress = \"{}\"\nname = \"{}\"\nsymbol = \"{}\"\ndecimals = {}\ntransfer_methods = [\"permit2\"]\n",
+        chain.plain_token,
+        super::chain::PLAIN_TOKEN_NAME,
+        super::chain::PLAIN_TOKEN_SYMBOL,
+        super::chain::PLAIN_TOKEN_DECIMALS,
+    ));
     let text = format!(
         "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
          [server]\npublic = true\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\

@@ -216,6 +216,11 @@ impl Harness {
             name = "Not3009"
             version = "1"
             decimals = 6
+            [[networks.tokens]]
+            address = "{plain_token}"
+            name = "Test Token"
+            decimals = 6
+            transfer_methods = ["permit2"]
             {tokens}
             [networks.fees]
             {fees}
@@ -231,6 +236,7 @@ impl Harness {
             {dial}
             "#,
             rpc = chain.rpc_url(),
+            plain_token = chain.plain_token,
             factory = chain.wallet_factory,
             settlement = opts.settlement,
             fees = opts.fees,
