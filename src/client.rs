@@ -216,6 +216,8 @@ pub struct PayRequest {
     pub max_amount: String,
     /// Pay with x402 v1 (`X-PAYMENT`) even when the server offers v2.
     pub force_v1: bool,
+    /// Only offers of this scheme (`exact`, `upto`); `None`: the first `exact` or `upto` offer.
+    pub scheme: Option<String>,
 }
 
 /// What came back.
@@ -327,6 +329,7 @@ pub async fn pay(
         .into_iter()
         .find(|o| {
             (o.scheme == "exact" || (o.scheme == "upto" && !req.force_v1))
+                && req.scheme.as_ref().is_none_or(|s| *s == o.scheme)
                 && matches_network(o)
                 && req.asset.is_none_or(|a| a == o.asset)
                 && (!req.force_v1 || v1_name(&o.network).is_some())

@@ -100,6 +100,9 @@ enum Command {
         /// Pay with x402 v1 (`X-PAYMENT`).
         #[arg(long)]
         v1: bool,
+        /// Only pay offers of this scheme (`exact` or `upto`).
+        #[arg(long)]
+        scheme: Option<String>,
         /// A file holding the payer's private key (default: the X402D_PAYER_KEY variable).
         #[arg(long)]
         key_file: Option<PathBuf>,
@@ -197,6 +200,9 @@ enum BenchCommand {
     Gas {
         #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
         sizes: Vec<usize>,
+        /// How the payments move: `eip3009` (USDC) or `permit2` (a plain ERC-20).
+        #[arg(long, value_enum, default_value = "eip3009")]
+        method: x402d::dev::bench::GasMethod,
     },
 }
 
@@ -323,9 +329,9 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
-            what: BenchCommand::Gas { sizes },
+            what: BenchCommand::Gas { sizes, method },
         } => {
-            let points = x402d::dev::bench::gas_per_batch(&sizes).await?;
+            let points = x402d::dev::bench::gas_per_batch(&sizes, method).await?;
             println!("{}", serde_json::to_string_pretty(&points)?);
         }
         Command::Pay {
@@ -337,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
             asset,
             max_amount,
             v1,
+            scheme,
             key_file,
         } => {
             let key = match key_file {
@@ -371,6 +378,7 @@ async fn main() -> anyhow::Result<()> {
                 asset,
                 max_amount,
                 force_v1: v1,
+                scheme,
             };
             let outcome = x402d::client::pay(&reqwest::Client::new(), &signer, &request).await?;
             eprintln!("HTTP {}", outcome.status);

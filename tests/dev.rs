@@ -82,6 +82,7 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
             asset: None,
             max_amount: "1".into(),
             force_v1: false,
+            scheme: None,
         },
     )
     .await
@@ -223,6 +224,7 @@ async fn pay_sms_on(
             asset: None,
             max_amount: "1".into(),
             force_v1: false,
+            scheme: None,
         },
     )
     .await

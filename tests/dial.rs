@@ -77,6 +77,7 @@ fn sms_request(h: &Harness, to: &str) -> PayRequest {
         asset: None,
         max_amount: "1".into(),
         force_v1: false,
+        scheme: None,
     }
 }
 
@@ -1161,6 +1162,23 @@ async fn upto_sms_charges_the_segments_sent() {
             U256::from(10_000_000 - paid)
         );
     }
+    // The terminal twin: `x402d pay --scheme upto` signs the maximum and is charged one segment.
+    let out = pay(
+        &h.http,
+        &payer,
+        &PayRequest {
+            scheme: Some("upto".into()),
+            ..sms_request(&h, "+14155550100")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.paid.as_ref().map(|o| o.scheme.as_str()), Some("upto"));
+    let receipt = out.receipt.expect("a receipt");
+    assert_eq!(receipt.amount, Some(SMS_PRICE.to_string()));
+    paid += SMS_PRICE;
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(paid));
     // Validation before payment: a bad number is a 400 and nothing moves.
     let body = json!({"to": "not-a-number", "message": "hi"});
     let (_, required) = offer_of(
@@ -1186,5 +1204,5 @@ async fn upto_sms_charges_the_segments_sent() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(paid));
-    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 2);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 3);
 }

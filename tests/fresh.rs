@@ -110,6 +110,7 @@ async fn dev_on_a_fresh_clone_installs_anvil_and_pays_an_sms() {
             asset: None,
             max_amount: "1".into(),
             force_v1: false,
+            scheme: None,
         },
     )
     .await

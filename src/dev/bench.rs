@@ -103,8 +103,11 @@ impl BenchEnv {
         }
         let dir = tempdir()?;
         let text = format!(
-            "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
+            "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[[networks.tokens]]\naddress = \"{}\"\nname = \"{}\"\ndecimals = {}\ntransfer_methods = [\"permit2\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
             chain.rpc_url(),
+            chain.plain_token,
+            super::chain::PLAIN_TOKEN_NAME,
+            super::chain::PLAIN_TOKEN_DECIMALS,
             refs.join(", "),
             dir.display(),
         );
@@ -522,24 +525,59 @@ pub struct GasPoint {
     pub ratio_to_direct: f64,
 }
 
+/// How the payments of `x402d bench gas` move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GasMethod {
+    /// USDC's `transferWithAuthorization`.
+    Eip3009,
+    /// The plain ERC-20 through Permit2 and the x402 exact proxy.
+    Permit2,
+}
+
 /// `x402d bench gas`: gas per payment against batch size, shared already-funded payee.
-pub async fn gas_per_batch(sizes: &[usize]) -> Result<Vec<GasPoint>, BenchError> {
+pub async fn gas_per_batch(
+    sizes: &[usize],
+    method: GasMethod,
+) -> Result<Vec<GasPoint>, BenchError> {
     let mut points: Vec<GasPoint> = Vec::new();
     let mut direct = None;
     for &n in sizes {
         let settlement =
             format!("batch_max_items = {n}\nbatch_window_ms = 3000\nsettle_timeout_seconds = 25");
         let env = BenchEnv::start(n, None, &settlement).await?;
-        let req = env.requirement();
+        let mut req = env.requirement();
+        if method == GasMethod::Permit2 {
+            let plain = env.chain.plain_token;
+            env.chain
+                .fund_token(plain, env.pay_to, U256::from(1u64))
+                .await?;
+            for payer in &env.payers {
+                env.chain
+                    .fund_token(plain, payer.address(), U256::from(1_000_000_000u64))
+                    .await?;
+                env.chain.approve_permit2(payer, plain).await?;
+            }
+            req.asset = plain;
+            req.extra = Some(ExactExtra {
+                asset_transfer_method: Some("permit2".into()),
+                ..Default::default()
+            });
+        }
         let requirements =
             serde_json::to_value(&req).map_err(|e| BenchError::Config(e.to_string()))?;
         let http = reqwest::Client::new();
         let url = format!("{}/settle", env.server.url());
         let mut calls = Vec::new();
         for payer in &env.payers {
-            let payload = sign_for_v2(payer, &req, unix_now())
-                .map_err(|e| BenchError::Config(e.to_string()))?;
-            let body = facilitator_body(2, payload_v2(&req, &payload), requirements.clone());
+            let payload = match method {
+                GasMethod::Eip3009 => {
+                    sign_for_v2(payer, &req, unix_now()).map(|p| payload_v2(&req, &p))
+                }
+                GasMethod::Permit2 => crate::client::sign_permit2_for_v2(payer, &req, unix_now())
+                    .map(|p| payload_v2(&req, &p)),
+            }
+            .map_err(|e| BenchError::Config(e.to_string()))?;
+            let body = facilitator_body(2, payload, requirements.clone());
             calls.push(http.post(&url).json(&body).send());
         }
         for r in futures::future::join_all(calls).await {

@@ -396,7 +396,7 @@ impl Paywall {
         // upto: verified for the maximum offered, settled for what this request uses.
         let (settle_requirement, charged) = match offered.charge(price, &extensions) {
             Ok(c) => c,
-            Err(response) => return response,
+            Err(e) => return dial_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e),
         };
         let body = |requirement: &Value| {
             serde_json::to_vec(&facilitator_body(
@@ -801,12 +801,11 @@ impl Offered {
     /// The requirement `/settle` gets and the amount charged (atomic, as text): the offer as it
     /// is, or for upto the per-unit price times the units the request uses (never above the
     /// maximum the payer signed; a handler that metered nothing is charged the maximum).
-    fn charge(&self, price: &Price, extensions: &Extensions) -> Result<(Value, String), Response> {
+    fn charge(&self, price: &Price, extensions: &Extensions) -> Result<(Value, String), String> {
         if !self.upto {
             return Ok((self.requirement_json.clone(), self.amount.clone()));
         }
-        let unit = dollars_to_atomic(&price.dollars, self.decimals)
-            .map_err(|e| dial_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e))?;
+        let unit = dollars_to_atomic(&price.dollars, self.decimals)?;
         let units = extensions
             .get::<Metered>()
             .map(|m| m.0)
@@ -815,13 +814,7 @@ impl Offered {
         let charge = (unit.0 * alloy::primitives::U256::from(units)).min(self.offer.amount.0);
         let mut requirement = self.offer.clone();
         requirement.amount = crate::protocol::AtomicAmount(charge);
-        let json = serde_json::to_value(&requirement).map_err(|e| {
-            dial_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                &e.to_string(),
-            )
-        })?;
+        let json = serde_json::to_value(&requirement).map_err(|e| e.to_string())?;
         Ok((json, charge.to_string()))
     }
 }
