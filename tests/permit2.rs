@@ -457,3 +457,103 @@ async fn permit2_and_eip3009_payments_share_batches_and_each_settles_once() {
     }
     assert!(mixed, "no transaction settled both kinds");
 }
+
+alloy::sol! {
+    /// contracts/src/SmartWallet.sol: its owner makes it call out.
+    interface ISmartWallet {
+        function execute(address target, uint256 value, bytes data) external returns (bytes);
+    }
+}
+
+/// A deployed ERC-1271 wallet pays a plain ERC-20 through Permit2 (its owner signs, Permit2 asks
+/// the wallet); a stranger's signature is refused with no ECDSA fallback; a counterfactual
+/// (ERC-6492) wallet cannot have approved Permit2 yet, which is what it is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_wallets_pay_through_permit2() {
+    use alloy::primitives::B256;
+    use alloy::sol_types::SolValue;
+    let h = Harness::start().await;
+    let token = h.chain.plain_token;
+    let owner = PrivateKeySigner::random();
+    let wallet = h
+        .chain
+        .create_wallet(
+            h.chain.wallet_factory,
+            owner.address(),
+            B256::repeat_byte(9),
+        )
+        .await
+        .unwrap();
+    h.chain
+        .fund_token(token, wallet, U256::from(AMOUNT))
+        .await
+        .unwrap();
+    h.chain
+        .fund_eth(owner.address(), U256::from(10u128.pow(17)))
+        .await
+        .unwrap();
+    let approve = ISmartWallet::executeCall {
+        target: token,
+        value: U256::ZERO,
+        data: x402d::chain::bindings::IErc20::approveCall {
+            spender: PERMIT2,
+            amount: U256::MAX,
+        }
+        .abi_encode()
+        .into(),
+    };
+    h.chain
+        .send_from(
+            &owner,
+            TransactionRequest::default()
+                .with_to(wallet)
+                .with_input(approve.abi_encode()),
+        )
+        .await
+        .unwrap();
+    let req = exact_requirement(&h, AMOUNT);
+    // The digest does not cover the owner: the owner signs, the wallet is `from`.
+    let as_wallet = |signer: &PrivateKeySigner| {
+        let mut p = sign(signer, &req);
+        p.permit2_authorization.from = wallet;
+        p
+    };
+    expect_refused(
+        &h,
+        &req,
+        &as_wallet(&PrivateKeySigner::random()),
+        "invalid_permit2_signature",
+    )
+    .await;
+    let payload = as_wallet(&owner);
+    let (_, verified) = h.verify(&body(&req, &payload)).await;
+    assert_eq!(verified["isValid"], true, "{verified}");
+    let (_, settled) = h.settle(&body(&req, &payload)).await;
+    assert_eq!(settled["success"], true, "{settled}");
+    assert_eq!(plain_balance(&h, h.pay_to).await, U256::from(AMOUNT));
+    assert_eq!(plain_balance(&h, wallet).await, U256::ZERO);
+
+    // Counterfactual: funded at its future address, never deployed, so never approved.
+    let salt = B256::repeat_byte(10);
+    let future = h
+        .chain
+        .predicted_wallet(h.chain.wallet_factory, owner.address(), salt)
+        .await
+        .unwrap();
+    h.chain
+        .fund_token(token, future, U256::from(AMOUNT))
+        .await
+        .unwrap();
+    let mut p = sign(&owner, &req);
+    p.permit2_authorization.from = future;
+    let mut wrapped = (
+        h.chain.wallet_factory,
+        x402d::dev::chain::DevChain::create_wallet_calldata(owner.address(), salt),
+        p.signature.clone(),
+    )
+        .abi_encode_params();
+    wrapped.extend_from_slice(&x402d::exact::signature::ERC6492_MAGIC);
+    p.signature = wrapped.into();
+    expect_refused(&h, &req, &p, "permit2_allowance_required").await;
+    assert_eq!(plain_balance(&h, future).await, U256::from(AMOUNT));
+}
