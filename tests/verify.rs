@@ -171,7 +171,7 @@ async fn requirement_mismatches() {
     .await;
 
     let mut other_scheme = req.clone();
-    other_scheme.scheme = "upto".into();
+    other_scheme.scheme = "deferred".into();
     h.expect_invalid(
         &other_scheme,
         &p,
@@ -179,6 +179,20 @@ async fn requirement_mismatches() {
         "invalid_scheme",
     )
     .await;
+
+    // upto is a Permit2 scheme: an EIP-3009 payload under it is malformed (400, naming the field).
+    let mut upto = req.clone();
+    upto.scheme = "upto".into();
+    let (status, answer) = h.verify(&h.body(2, &upto, &p)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"], "invalid_payload", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("permit2Authorization"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -281,7 +295,7 @@ async fn insufficient_balance() {
 }
 
 #[tokio::test]
-async fn permit2_payload_is_unsupported() {
+async fn a_malformed_permit2_payload_is_a_400_naming_the_field() {
     let h = Harness::start().await;
     let req = h.requirement(ONE_CENT);
     for version in [2u8, 1] {
@@ -306,14 +320,13 @@ async fn permit2_payload_is_unsupported() {
                 requirements,
             ))
             .await;
-        assert_eq!(status, 200, "{answer}");
-        assert_eq!(answer["isValid"], false);
-        let expected = if version == 2 {
-            "unsupported_payload_type"
-        } else {
-            "invalid_payload"
-        };
-        assert_eq!(answer["invalidReason"], expected, "{answer}");
+        assert_eq!(status, 400, "v{version}: {answer}");
+        assert_eq!(answer["error"], "invalid_payload", "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains("permit2Authorization") && message.contains("permitted"),
+            "v{version}: {message}"
+        );
     }
 }
 
