@@ -572,6 +572,25 @@ impl Config {
             }
         }
         for (i, n) in self.networks.iter().enumerate() {
+            for (j, t) in n.tokens.iter().enumerate() {
+                let key = format!("networks[{i}].tokens[{j}]");
+                if t.transfer_methods.is_empty() {
+                    return Err(key_error(
+                        format!("{key}.transfer_methods"),
+                        "must list at least one of \"eip3009\", \"permit2\"",
+                    ));
+                }
+                if t.transfer_methods
+                    .contains(&crate::protocol::TransferMethod::Eip3009)
+                    && t.version.is_empty()
+                {
+                    return Err(key_error(
+                        format!("{key}.version"),
+                        "is required for eip3009 (the token's EIP-712 domain version); a token \
+                         without EIP-3009 takes transfer_methods = [\"permit2\"]",
+                    ));
+                }
+            }
             let f = &n.fees;
             if !(1.0..=100.0).contains(&f.base_fee_multiplier) {
                 return Err(key_error(
@@ -821,6 +840,23 @@ impl DialConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_without_eip712_version_must_be_permit2_only() {
+        let base = "[server]\npublic = true\n[[networks]]\nchain_id = 8453\nrpc_urls = [\"http://127.0.0.1:1\"]\n[[networks.tokens]]\naddress = \"0x1111111111111111111111111111111111111111\"\nname = \"Plain\"\ndecimals = 6\n";
+        let e = Config::from_toml(base, &Default::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("networks[0].tokens[0].version"),
+            "{e}"
+        );
+        let permit2_only = format!("{base}transfer_methods = [\"permit2\"]\n");
+        assert!(Config::from_toml(&permit2_only, &Default::default()).is_ok());
+        let none = format!("{base}transfer_methods = []\n");
+        let e = Config::from_toml(&none, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("transfer_methods"), "{e}");
+        let unknown = format!("{base}transfer_methods = [\"erc7710\"]\n");
+        assert!(Config::from_toml(&unknown, &Default::default()).is_err());
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

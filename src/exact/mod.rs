@@ -317,38 +317,61 @@ fn check_static<'a>(
         ));
     }
     check_limits(token, req.pay_to, req.amount.0, policy)?;
-    let earliest_valid_before = U256::from(now.saturating_add(policy.valid_before_buffer_seconds));
-    if auth.valid_before < earliest_valid_before {
-        return Err(Invalid::new(
-            Reason::ValidBeforeTooSoon,
-            format!(
-                "validBefore {} is before now + {} s",
-                auth.valid_before, policy.valid_before_buffer_seconds
-            ),
-        ));
-    }
-    let latest_valid_before = U256::from(now.saturating_add(policy.max_valid_before_seconds));
-    if auth.valid_before > latest_valid_before {
-        return Err(Invalid::new(
-            Reason::ValidBeforeTooFar,
-            format!(
-                "validBefore {} is more than {} s from now: this facilitator holds authorizations \
-                 for at most that long",
-                auth.valid_before, policy.max_valid_before_seconds
-            ),
-        ));
-    }
-    if auth.valid_after > U256::from(now) {
-        return Err(Invalid::new(
-            Reason::ValidAfterInFuture,
-            format!("validAfter {} is in the future", auth.valid_after),
-        ));
-    }
+    check_window(
+        Window {
+            after: ("validAfter", auth.valid_after, Reason::ValidAfterInFuture),
+            before: ("validBefore", auth.valid_before, Reason::ValidBeforeTooSoon),
+        },
+        policy,
+        now,
+    )?;
     Ok(ExactPayment {
         network,
         token,
         payload,
     })
+}
+
+/// A signature's time window: each end's name on the wire, its value, and the reason it is
+/// refused with (EIP-3009 and Permit2 name them differently).
+struct Window {
+    after: (&'static str, U256, Reason),
+    before: (&'static str, U256, Reason),
+}
+
+/// The end must be at least the block-time buffer away and within the facilitator's horizon (it
+/// holds the key until then); the start must have passed.
+fn check_window(w: Window, policy: &ExactPolicy, now: u64) -> Result<(), Invalid> {
+    let (before_name, before, too_soon) = w.before;
+    let earliest = U256::from(now.saturating_add(policy.valid_before_buffer_seconds));
+    if before < earliest {
+        return Err(Invalid::new(
+            too_soon,
+            format!(
+                "{before_name} {before} is before now + {} s",
+                policy.valid_before_buffer_seconds
+            ),
+        ));
+    }
+    let latest = U256::from(now.saturating_add(policy.max_valid_before_seconds));
+    if before > latest {
+        return Err(Invalid::new(
+            Reason::ValidBeforeTooFar,
+            format!(
+                "{before_name} {before} is more than {} s from now: this facilitator holds \
+                 authorizations for at most that long",
+                policy.max_valid_before_seconds
+            ),
+        ));
+    }
+    let (after_name, after, not_yet) = w.after;
+    if after > U256::from(now) {
+        return Err(Invalid::new(
+            not_yet,
+            format!("{after_name} {after} is in the future"),
+        ));
+    }
+    Ok(())
 }
 
 /// The operator's limits: the payTo allowlist, the token's minimum and maximum payment.

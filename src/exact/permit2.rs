@@ -303,36 +303,18 @@ pub fn check_static<'a>(
         }
     }
     super::check_limits(token, req.pay_to, permitted, policy)?;
-    let earliest = U256::from(now.saturating_add(policy.valid_before_buffer_seconds));
-    if a.deadline < earliest {
-        return Err(Invalid::new(
-            Reason::Permit2DeadlineExpired,
-            format!(
-                "deadline {} is before now + {} s",
-                a.deadline, policy.valid_before_buffer_seconds
+    super::check_window(
+        super::Window {
+            after: (
+                "witness.validAfter",
+                a.witness.valid_after,
+                Reason::Permit2NotYetValid,
             ),
-        ));
-    }
-    let latest = U256::from(now.saturating_add(policy.max_valid_before_seconds));
-    if a.deadline > latest {
-        return Err(Invalid::new(
-            Reason::ValidBeforeTooFar,
-            format!(
-                "deadline {} is more than {} s from now: this facilitator holds permits for at \
-                 most that long",
-                a.deadline, policy.max_valid_before_seconds
-            ),
-        ));
-    }
-    if a.witness.valid_after > U256::from(now) {
-        return Err(Invalid::new(
-            Reason::Permit2NotYetValid,
-            format!(
-                "witness.validAfter {} is in the future",
-                a.witness.valid_after
-            ),
-        ));
-    }
+            before: ("deadline", a.deadline, Reason::Permit2DeadlineExpired),
+        },
+        policy,
+        now,
+    )?;
     Ok(payment)
 }
 

@@ -139,20 +139,15 @@ impl<'de> Deserialize<'de> for AtomicAmount {
 
 /// Accepts a decimal string (the wire form) or a non-negative JSON integer (seen from some clients).
 pub fn deserialize_uint<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Text(String),
-        Int(u64),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Text(s) => parse_decimal_u256(&s).map_err(serde::de::Error::custom),
-        Raw::Int(n) => Ok(U256::from(n)),
-    }
+    uint_of(d, false)
 }
 
 /// A `U256` written in decimal or as `0x` hex (Permit2 nonces come both ways).
 pub fn deserialize_uint_or_hex<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+    uint_of(d, true)
+}
+
+fn uint_of<'de, D: Deserializer<'de>>(d: D, hex_too: bool) -> Result<U256, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -161,13 +156,13 @@ pub fn deserialize_uint_or_hex<'de, D: Deserializer<'de>>(d: D) -> Result<U256, 
     }
     match Raw::deserialize(d)? {
         Raw::Text(s) => match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            Some(hex) if !hex.is_empty() && hex.len() <= 64 => {
+            Some(hex) if hex_too && !hex.is_empty() && hex.len() <= 64 => {
                 U256::from_str_radix(hex, 16).map_err(serde::de::Error::custom)
             }
-            Some(_) => Err(serde::de::Error::custom(
+            Some(_) if hex_too => Err(serde::de::Error::custom(
                 "a 0x number needs 1 to 64 hex digits",
             )),
-            None => parse_decimal_u256(&s).map_err(serde::de::Error::custom),
+            _ => parse_decimal_u256(&s).map_err(serde::de::Error::custom),
         },
         Raw::Int(n) => Ok(U256::from(n)),
     }
@@ -279,6 +274,28 @@ pub const BUILTIN_V1_NAMES: &[(&str, u64)] = &[("base", 8453), ("base-sepolia", 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permit2_numbers_read_in_decimal_or_hex_and_nothing_else() {
+        #[derive(Deserialize)]
+        struct N(#[serde(deserialize_with = "deserialize_uint_or_hex")] U256);
+        let read = |s: &str| serde_json::from_str::<N>(s).map(|n| n.0);
+        assert_eq!(read(r#""255""#).unwrap(), U256::from(255u64));
+        assert_eq!(read(r#""0xff""#).unwrap(), U256::from(255u64));
+        assert_eq!(read("7").unwrap(), U256::from(7u64));
+        assert!(read(r#""0x""#).is_err());
+        assert!(read(&format!(r#""0x{}""#, "f".repeat(65))).is_err());
+        assert!(read(r#""-1""#).is_err());
+        assert!(read(r#""0xzz""#).is_err());
+        // EIP-3009 fields stay decimal, as the wire format says.
+        #[derive(Deserialize)]
+        struct D(#[serde(deserialize_with = "deserialize_uint")] U256);
+        assert!(serde_json::from_str::<D>(r#""0xff""#).is_err());
+        assert_eq!(
+            serde_json::from_str::<D>(r#""255""#).unwrap().0,
+            U256::from(255u64)
+        );
+    }
 
     #[test]
     fn dollar_prices_convert_exactly() {
