@@ -178,3 +178,60 @@ async fn settled_declarations_are_catalogued_sanitised_paginated_and_aged_out() 
     x402d::clock::reset();
     assert_eq!(aged["pagination"]["total"], 0, "{aged}");
 }
+
+/// What the official SDK declares (`@x402/extensions`, recorded in `tests/fixtures/bazaar-sdk.json`
+/// by `tests/fixtures/record-bazaar.js`) is catalogued as it should be: a query route, a JSON body
+/// route, and an MCP tool keyed by its `toolName`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_official_sdk_declares_is_catalogued() {
+    let recorded: Value = serde_json::from_str(include_str!("fixtures/bazaar-sdk.json")).unwrap();
+    assert!(
+        recorded["sdk"]
+            .as_str()
+            .unwrap()
+            .starts_with("@x402/extensions@2.")
+    );
+    let h = Harness::start().await;
+    let cases = [
+        ("http_query", "https://api.example.com/weather?city=Paris"),
+        ("http_body", "https://api.example.com/sms"),
+        ("mcp", "https://agents.example/mcp"),
+    ];
+    for (name, url) in cases {
+        let body = declared_body(
+            &h,
+            json!({"url": url, "description": name}),
+            recorded[name]["bazaar"].clone(),
+        )
+        .await;
+        let (s, ext) = post(&h, "/settle", &body).await;
+        assert_eq!(s["success"], true, "{name}: {s}");
+        assert_eq!(ext["bazaar"]["status"], "success", "{name}: {ext}");
+    }
+    let http = catalogue(&h, "?type=http").await;
+    assert_eq!(http["pagination"]["total"], 2, "{http}");
+    let methods: Vec<&str> = http["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["metadata"]["method"].as_str().unwrap())
+        .collect();
+    assert!(
+        methods.contains(&"GET") && methods.contains(&"POST"),
+        "{http}"
+    );
+    let body_item = http["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["method"] == "POST")
+        .unwrap();
+    assert_eq!(
+        body_item["metadata"]["input"]["bodyType"], "json",
+        "{body_item}"
+    );
+    let mcp = catalogue(&h, "?type=mcp").await;
+    assert_eq!(mcp["pagination"]["total"], 1, "{mcp}");
+    assert_eq!(mcp["items"][0]["resource"], "https://agents.example/mcp");
+    assert_eq!(mcp["items"][0]["metadata"]["toolName"], "send_sms", "{mcp}");
+}

@@ -146,6 +146,41 @@ async fn assert_settled_exactly_once(
     txs.len()
 }
 
+/// Settles `bodies` with mining paused until each is broadcast (`settlement_pending` with a
+/// hash), kills x402d, makes the node forget its pool, restarts x402d and settles them again: each
+/// must succeed with the transaction first broadcast (only the ledger's raw copy can bring it
+/// back). Returns the answers before and after, and the still running service.
+async fn broadcast_kill_and_rebroadcast(
+    h: &Harness,
+    bodies: &[Value],
+) -> (Vec<Value>, Vec<Value>, Service) {
+    h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
+    let service = Service::start(h, "settle_timeout_seconds = 2").await;
+    let pending = join_all(bodies.iter().map(|b| service.settle(b))).await;
+    for a in &pending {
+        assert_eq!(a["errorReason"], "settlement_pending", "{a}");
+        let hash = a["transaction"].as_str().unwrap_or_default();
+        assert_eq!(hash.len(), 66, "broadcast before the kill: {a}");
+    }
+    service.kill_9();
+    h.chain
+        .provider()
+        .anvil_drop_all_transactions()
+        .await
+        .unwrap();
+    h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
+    let service = Service::start(h, "settle_timeout_seconds = 10").await;
+    let done = join_all(bodies.iter().map(|b| service.settle(b))).await;
+    for (a, before) in done.iter().zip(&pending) {
+        assert_eq!(a["success"], true, "{a}");
+        assert_eq!(
+            a["transaction"], before["transaction"],
+            "the stored transaction was rebroadcast"
+        );
+    }
+    (pending, done, service)
+}
+
 on_both_backends!(killed_between_broadcast_and_receipt);
 async fn killed_between_broadcast_and_receipt(backend: Backend) {
     let Some(h) = harness(backend).await else {
@@ -157,35 +192,11 @@ async fn killed_between_broadcast_and_receipt(backend: Backend) {
         .iter()
         .map(|p| h.body(2, &req, &h.sign(p, &req)))
         .collect();
-    h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
-
-    let service = Service::start(&h, "settle_timeout_seconds = 2").await;
-    let pending = join_all(bodies.iter().map(|b| service.settle(b))).await;
-    let mut hashes = std::collections::HashSet::new();
-    for a in &pending {
-        assert_eq!(a["errorReason"], "settlement_pending", "{a}");
-        let hash = a["transaction"].as_str().unwrap_or_default();
-        assert_eq!(hash.len(), 66, "broadcast before the kill: {a}");
-        hashes.insert(hash.to_owned());
-    }
-    service.kill_9();
-    // The node forgets the transaction too: only the ledger's raw copy can bring it back.
-    h.chain
-        .provider()
-        .anvil_drop_all_transactions()
-        .await
-        .unwrap();
-    h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
-
-    let service = Service::start(&h, "settle_timeout_seconds = 10").await;
-    let done = join_all(bodies.iter().map(|b| service.settle(b))).await;
-    for (a, before) in done.iter().zip(&pending) {
-        assert_eq!(a["success"], true, "{a}");
-        assert_eq!(
-            a["transaction"], before["transaction"],
-            "the stored transaction was rebroadcast"
-        );
-    }
+    let (pending, _, service) = broadcast_kill_and_rebroadcast(&h, &bodies).await;
+    let hashes: std::collections::HashSet<&str> = pending
+        .iter()
+        .map(|a| a["transaction"].as_str().unwrap_or_default())
+        .collect();
     service.kill_9();
     assert_eq!(assert_settled_exactly_once(&h, &payers).await, hashes.len());
 }
@@ -315,5 +326,75 @@ async fn a_corrupt_stored_transaction_does_not_stop_recovery(backend: Backend) {
     assert_eq!(
         ledger.count_by_state().await.unwrap(),
         vec![("confirmed".to_owned(), payers.len() as i64)]
+    );
+}
+
+on_both_backends!(permit2_and_upto_survive_a_kill_between_broadcast_and_receipt);
+/// Permit2 (exact) and upto payments beside EIP-3009 ones: broadcast, killed, the node's pool
+/// dropped; after the restart each is settled once from the ledger's stored transaction, upto
+/// for the amount charged.
+async fn permit2_and_upto_survive_a_kill_between_broadcast_and_receipt(backend: Backend) {
+    let Some(h) = harness(backend).await else {
+        return;
+    };
+    let usdc_payers = h.funded_payers(2, ONE_CENT).await;
+    let usdc_req = h.requirement(ONE_CENT);
+    let mut bodies: Vec<Value> = usdc_payers
+        .iter()
+        .map(|p| h.body(2, &usdc_req, &h.sign(p, &usdc_req)))
+        .collect();
+    let exact = h.permit2_requirement(ONE_CENT);
+    let mut plain_payers = Vec::new();
+    for _ in 0..2 {
+        let p = h.plain_payer(ONE_CENT, true).await;
+        let signed = x402d::client::sign_permit2_for_v2(&p, &exact, now()).unwrap();
+        bodies.push(h.permit2_body(&exact, &signed));
+        plain_payers.push(p);
+    }
+    // upto: authorised for three cents, charged one.
+    let mut upto = h.permit2_requirement(3 * ONE_CENT);
+    upto.scheme = "upto".into();
+    upto.extra.as_mut().unwrap().facilitator_address = Some(h.gas_key.address());
+    let upto_payer = h.plain_payer(3 * ONE_CENT, true).await;
+    let signed = x402d::client::sign_permit2_for_v2(&upto_payer, &upto, now()).unwrap();
+    let mut charged = upto.clone();
+    charged.amount = x402d::protocol::AtomicAmount::from_u64(ONE_CENT);
+    bodies.push(x402d::client::facilitator_body(
+        2,
+        x402d::client::payload_v2(&upto, &signed),
+        serde_json::to_value(&charged).unwrap(),
+    ));
+    let (_, done, service) = broadcast_kill_and_rebroadcast(&h, &bodies).await;
+    assert_eq!(done[4]["amount"], ONE_CENT.to_string());
+    // Each settled again: still once.
+    let again = join_all(bodies.iter().map(|b| service.settle(b))).await;
+    assert!(again.iter().all(|a| a["success"] == true));
+    service.kill_9();
+    let plain = h.chain.plain_token;
+    for p in usdc_payers.iter() {
+        assert_eq!(h.usdc_balance(p.address()).await, U256::ZERO);
+    }
+    for p in &plain_payers {
+        assert_eq!(
+            h.chain.balance_of(plain, p.address()).await.unwrap(),
+            U256::ZERO
+        );
+    }
+    assert_eq!(
+        h.chain
+            .balance_of(plain, upto_payer.address())
+            .await
+            .unwrap(),
+        U256::from(2 * ONE_CENT)
+    );
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(2 * ONE_CENT));
+    assert_eq!(
+        h.chain.balance_of(plain, h.pay_to).await.unwrap(),
+        U256::from(3 * ONE_CENT)
+    );
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    assert_eq!(
+        ledger.count_by_state().await.unwrap(),
+        vec![("confirmed".to_owned(), 5)]
     );
 }

@@ -24,38 +24,6 @@ use x402d::protocol::{AtomicAmount, ChainId};
 
 const AMOUNT: u64 = 25_000;
 
-/// A payer holding `amount` of the plain token, with Permit2 approved (when `approve`).
-async fn plain_payer(h: &Harness, amount: u64, approve: bool) -> PrivateKeySigner {
-    let payer = PrivateKeySigner::random();
-    h.chain
-        .fund_token(h.chain.plain_token, payer.address(), U256::from(amount))
-        .await
-        .unwrap();
-    if approve {
-        h.chain
-            .approve_permit2(&payer, h.chain.plain_token)
-            .await
-            .unwrap();
-    }
-    payer
-}
-
-/// An exact requirement for `amount` of the plain token, paid through Permit2.
-fn exact_requirement(h: &Harness, amount: u64) -> RequirementsV2 {
-    RequirementsV2 {
-        scheme: "exact".into(),
-        network: format!("eip155:{CHAIN_ID}"),
-        amount: AtomicAmount::from_u64(amount),
-        asset: h.chain.plain_token,
-        pay_to: h.pay_to,
-        max_timeout_seconds: 60,
-        extra: Some(ExactExtra {
-            asset_transfer_method: Some("permit2".into()),
-            ..Default::default()
-        }),
-    }
-}
-
 /// An upto requirement for at most `max` of the plain token, bound to the harness's gas wallet.
 fn upto_requirement(h: &Harness, max: u64) -> RequirementsV2 {
     RequirementsV2 {
@@ -65,16 +33,8 @@ fn upto_requirement(h: &Harness, max: u64) -> RequirementsV2 {
             facilitator_address: Some(h.gas_key.address()),
             ..Default::default()
         }),
-        ..exact_requirement(h, max)
+        ..h.permit2_requirement(max)
     }
-}
-
-fn body(req: &RequirementsV2, payload: &Permit2Payload) -> Value {
-    facilitator_body(
-        2,
-        payload_v2(req, payload),
-        serde_json::to_value(req).unwrap(),
-    )
 }
 
 fn sign(payer: &PrivateKeySigner, req: &RequirementsV2) -> Permit2Payload {
@@ -119,7 +79,7 @@ async fn nonce_used(h: &Harness, owner: Address, nonce: U256) -> bool {
 }
 
 async fn expect_refused(h: &Harness, req: &RequirementsV2, payload: &Permit2Payload, reason: &str) {
-    let (status, answer) = h.verify(&body(req, payload)).await;
+    let (status, answer) = h.verify(&h.permit2_body(req, payload)).await;
     let want_status = if reason == "permit2_allowance_required" {
         412
     } else {
@@ -138,15 +98,15 @@ async fn expect_refused(h: &Harness, req: &RequirementsV2, payload: &Permit2Payl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_erc20_is_paid_through_permit2_exactly_once() {
     let h = Harness::start().await;
-    let payer = plain_payer(&h, AMOUNT * 2, true).await;
-    let req = exact_requirement(&h, AMOUNT);
+    let payer = h.plain_payer(AMOUNT * 2, true).await;
+    let req = h.permit2_requirement(AMOUNT);
     let payload = sign(&payer, &req);
     assert_eq!(payload.permit2_authorization.spender, EXACT_PERMIT2_PROXY);
-    let (status, verified) = h.verify(&body(&req, &payload)).await;
+    let (status, verified) = h.verify(&h.permit2_body(&req, &payload)).await;
     assert_eq!(status, 200, "{verified}");
     assert_eq!(verified["isValid"], true, "{verified}");
     let before = plain_balance(&h, h.pay_to).await;
-    let (status, settled) = h.settle(&body(&req, &payload)).await;
+    let (status, settled) = h.settle(&h.permit2_body(&req, &payload)).await;
     assert_eq!(status, 200, "{settled}");
     assert_eq!(settled["success"], true, "{settled}");
     assert_eq!(settled["amount"], AMOUNT.to_string(), "{settled}");
@@ -157,7 +117,7 @@ async fn a_plain_erc20_is_paid_through_permit2_exactly_once() {
     assert_eq!(plain_balance(&h, payer.address()).await, U256::from(AMOUNT));
     assert!(nonce_used(&h, payer.address(), payload.permit2_authorization.nonce).await);
     // The same payload again joins the first: same transaction, no second transfer.
-    let (_, again) = h.settle(&body(&req, &payload)).await;
+    let (_, again) = h.settle(&h.permit2_body(&req, &payload)).await;
     assert_eq!(again["success"], true, "{again}");
     assert_eq!(again["transaction"], settled["transaction"]);
     assert_eq!(
@@ -171,8 +131,8 @@ async fn a_plain_erc20_is_paid_through_permit2_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_permit2_reason_comes_from_a_real_signed_payload() {
     let h = Harness::start().await;
-    let payer = plain_payer(&h, AMOUNT, true).await;
-    let req = exact_requirement(&h, AMOUNT);
+    let payer = h.plain_payer(AMOUNT, true).await;
+    let req = h.permit2_requirement(AMOUNT);
     let good = sign(&payer, &req);
     let a = good.permit2_authorization.clone();
     let t = now();
@@ -229,7 +189,7 @@ async fn every_permit2_reason_comes_from_a_real_signed_payload() {
     forged.permit2_authorization.from = payer.address();
     expect_refused(&h, &req, &forged, "invalid_permit2_signature").await;
     // No approval to Permit2: 412, the payer's cue to approve once.
-    let unapproved = plain_payer(&h, AMOUNT, false).await;
+    let unapproved = h.plain_payer(AMOUNT, false).await;
     expect_refused(
         &h,
         &req,
@@ -238,7 +198,7 @@ async fn every_permit2_reason_comes_from_a_real_signed_payload() {
     )
     .await;
     // Approved but too poor.
-    let poor = plain_payer(&h, AMOUNT - 1, true).await;
+    let poor = h.plain_payer(AMOUNT - 1, true).await;
     expect_refused(
         &h,
         &req,
@@ -260,9 +220,9 @@ async fn every_permit2_reason_comes_from_a_real_signed_payload() {
         "{answer}"
     );
     // A nonce the payer already used on chain (settled by anyone) is refused before settling.
-    let (_, settled) = h.settle(&body(&req, &good)).await;
+    let (_, settled) = h.settle(&h.permit2_body(&req, &good)).await;
     assert_eq!(settled["success"], true, "{settled}");
-    let payer2 = plain_payer(&h, AMOUNT, true).await;
+    let payer2 = h.plain_payer(AMOUNT, true).await;
     let mut reused = sign(&payer2, &req);
     let nonce = reused.permit2_authorization.nonce;
     h.chain
@@ -279,7 +239,7 @@ async fn every_permit2_reason_comes_from_a_real_signed_payload() {
         .await
         .unwrap();
     expect_refused(&h, &req, &reused, "permit2_invalid_nonce").await;
-    let (_, refused) = h.settle(&body(&req, &reused)).await;
+    let (_, refused) = h.settle(&h.permit2_body(&req, &reused)).await;
     assert_eq!(refused["success"], false, "{refused}");
     assert_eq!(refused["errorReason"], "permit2_invalid_nonce", "{refused}");
     assert_eq!(
@@ -320,10 +280,10 @@ async fn upto_charges_zero_part_or_the_maximum_and_never_more() {
     let req = upto_requirement(&h, max);
     let mut paid = U256::ZERO;
     for charge in [0, 40_000, max] {
-        let payer = plain_payer(&h, max, true).await;
+        let payer = h.plain_payer(max, true).await;
         let payload = sign(&payer, &req);
         assert_eq!(payload.permit2_authorization.spender, UPTO_PERMIT2_PROXY);
-        let (status, verified) = h.verify(&body(&req, &payload)).await;
+        let (status, verified) = h.verify(&h.permit2_body(&req, &payload)).await;
         assert_eq!(
             (status, &verified["isValid"]),
             (200, &json!(true)),
@@ -360,7 +320,7 @@ async fn upto_charges_zero_part_or_the_maximum_and_never_more() {
         assert_eq!(plain_balance(&h, h.pay_to).await, paid);
     }
     // Over the maximum: refused at settle, nothing sent.
-    let payer = plain_payer(&h, max * 2, true).await;
+    let payer = h.plain_payer(max * 2, true).await;
     let payload = sign(&payer, &req);
     let mut over = req.clone();
     over.amount = AtomicAmount::from_u64(max + 1);
@@ -410,15 +370,15 @@ async fn permit2_and_eip3009_payments_share_batches_and_each_settles_once() {
     let usdc_payers = h.funded_payers(EACH, AMOUNT).await;
     let mut plain_payers = Vec::new();
     for _ in 0..EACH {
-        plain_payers.push(plain_payer(&h, AMOUNT, true).await);
+        plain_payers.push(h.plain_payer(AMOUNT, true).await);
     }
     let usdc_req = h.requirement(AMOUNT);
-    let plain_req = exact_requirement(&h, AMOUNT);
+    let plain_req = h.permit2_requirement(AMOUNT);
     let mut bodies = h.v2_bodies(&usdc_payers, &usdc_req);
     bodies.extend(
         plain_payers
             .iter()
-            .map(|p| body(&plain_req, &sign(p, &plain_req))),
+            .map(|p| h.permit2_body(&plain_req, &sign(p, &plain_req))),
     );
     // Each body twice, all at once: duplicates must join, never pay twice.
     let twice: Vec<Value> = bodies.iter().chain(bodies.iter()).cloned().collect();
@@ -511,7 +471,7 @@ async fn smart_wallets_pay_through_permit2() {
         )
         .await
         .unwrap();
-    let req = exact_requirement(&h, AMOUNT);
+    let req = h.permit2_requirement(AMOUNT);
     // The digest does not cover the owner: the owner signs, the wallet is `from`.
     let as_wallet = |signer: &PrivateKeySigner| {
         let mut p = sign(signer, &req);
@@ -526,9 +486,9 @@ async fn smart_wallets_pay_through_permit2() {
     )
     .await;
     let payload = as_wallet(&owner);
-    let (_, verified) = h.verify(&body(&req, &payload)).await;
+    let (_, verified) = h.verify(&h.permit2_body(&req, &payload)).await;
     assert_eq!(verified["isValid"], true, "{verified}");
-    let (_, settled) = h.settle(&body(&req, &payload)).await;
+    let (_, settled) = h.settle(&h.permit2_body(&req, &payload)).await;
     assert_eq!(settled["success"], true, "{settled}");
     assert_eq!(plain_balance(&h, h.pay_to).await, U256::from(AMOUNT));
     assert_eq!(plain_balance(&h, wallet).await, U256::ZERO);

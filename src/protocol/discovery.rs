@@ -117,14 +117,17 @@ pub fn declaration(
             (format!("http {method} {resource}"), resource)
         }
         Some("mcp") => {
+            // The SDKs write `toolName` (`@x402/extensions` 2.27); earlier specification text
+            // said `tool`.
             let tool = input
-                .get("tool")
+                .get("toolName")
+                .or_else(|| input.get("tool"))
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty() && t.len() <= 128)
-                .ok_or("bazaar.info.input.tool must name the MCP tool")?;
+                .ok_or("bazaar.info.input.toolName must name the MCP tool")?;
             metadata["toolName"] = json!(tool);
             let resource = url.to_string();
-            // The specification's key for MCP: (resource.url, input.tool).
+            // The specification's key for MCP: (resource.url, tool name).
             (format!("mcp {resource} {tool}"), resource)
         }
         _ => return Err("bazaar.info.input.type must be \"http\" or \"mcp\"".into()),

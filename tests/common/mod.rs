@@ -323,6 +323,52 @@ impl Harness {
         payer
     }
 
+    /// A fresh payer holding `amount` of the plain ERC-20 (no EIP-3009), with Permit2 approved
+    /// when `approve`.
+    pub async fn plain_payer(&self, amount: u64, approve: bool) -> PrivateKeySigner {
+        let payer = PrivateKeySigner::random();
+        self.chain
+            .fund_token(self.chain.plain_token, payer.address(), U256::from(amount))
+            .await
+            .unwrap();
+        if approve {
+            self.chain
+                .approve_permit2(&payer, self.chain.plain_token)
+                .await
+                .unwrap();
+        }
+        payer
+    }
+
+    /// An exact requirement for `amount` of the plain ERC-20, paid through Permit2.
+    pub fn permit2_requirement(&self, amount: u64) -> RequirementsV2 {
+        RequirementsV2 {
+            scheme: "exact".into(),
+            network: format!("eip155:{CHAIN_ID}"),
+            amount: AtomicAmount::from_u64(amount),
+            asset: self.chain.plain_token,
+            pay_to: self.pay_to,
+            max_timeout_seconds: 60,
+            extra: Some(ExactExtra {
+                asset_transfer_method: Some("permit2".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The v2 `/verify` or `/settle` body of a Permit2 payload for `req`.
+    pub fn permit2_body(
+        &self,
+        req: &RequirementsV2,
+        payload: &x402d::protocol::wire::Permit2Payload,
+    ) -> Value {
+        facilitator_body(
+            2,
+            payload_v2(req, payload),
+            serde_json::to_value(req).unwrap(),
+        )
+    }
+
     /// A v2 requirement for `amount` of the test USDC to `pay_to`.
     pub fn requirement(&self, amount: u64) -> RequirementsV2 {
         RequirementsV2 {
