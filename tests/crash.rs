@@ -188,10 +188,7 @@ async fn killed_between_broadcast_and_receipt(backend: Backend) {
     };
     let payers = h.funded_payers(5, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let bodies = h.v2_bodies(&payers, &req);
     let (pending, _, service) = broadcast_kill_and_rebroadcast(&h, &bodies).await;
     let hashes: std::collections::HashSet<&str> = pending
         .iter()
@@ -208,10 +205,7 @@ async fn killed_between_claim_and_broadcast(backend: Backend) {
     };
     let payers = h.funded_payers(5, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let bodies = h.v2_bodies(&payers, &req);
 
     // A fee ceiling below the base fee holds the claimed payments before any transaction exists.
     let service =
@@ -245,10 +239,7 @@ async fn killed_between_inclusion_and_confirmation(backend: Backend) {
     };
     let payers = h.funded_payers(5, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let bodies = h.v2_bodies(&payers, &req);
     // Three confirmations on a chain that mines only when asked: the payments are included and
     // wait for depth when the process dies.
     let service = Service::start(&h, "settle_timeout_seconds = 2\nconfirmations = 3").await;
@@ -283,10 +274,7 @@ async fn a_corrupt_stored_transaction_does_not_stop_recovery(backend: Backend) {
     };
     let payers = h.funded_payers(5, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
-    let bodies: Vec<Value> = payers
-        .iter()
-        .map(|p| h.body(2, &req, &h.sign(p, &req)))
-        .collect();
+    let bodies = h.v2_bodies(&payers, &req);
     h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
     let service = Service::start(&h, "settle_timeout_seconds = 2").await;
     let pending = join_all(bodies.iter().map(|b| service.settle(b))).await;
@@ -339,10 +327,7 @@ async fn permit2_and_upto_survive_a_kill_between_broadcast_and_receipt(backend: 
     };
     let usdc_payers = h.funded_payers(2, ONE_CENT).await;
     let usdc_req = h.requirement(ONE_CENT);
-    let mut bodies: Vec<Value> = usdc_payers
-        .iter()
-        .map(|p| h.body(2, &usdc_req, &h.sign(p, &usdc_req)))
-        .collect();
+    let mut bodies = h.v2_bodies(&usdc_payers, &usdc_req);
     let exact = h.permit2_requirement(ONE_CENT);
     let mut plain_payers = Vec::new();
     for _ in 0..2 {
