@@ -311,6 +311,17 @@ pub struct ServerConfig {
     /// leave the public one (keep them on a private interface).
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// A Redis shared by every node (`redis://host:6379`): rate limits (per IP, per API key,
+    /// Dial's) are counted there, once for all nodes. Unset: each node counts its own.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// The first part of every key x402d writes to that Redis (deployments sharing one Redis).
+    #[serde(default = "default_redis_namespace")]
+    pub redis_namespace: String,
+}
+
+fn default_redis_namespace() -> String {
+    "x402d".to_owned()
 }
 
 fn default_max_concurrent_settles() -> usize {
@@ -326,6 +337,8 @@ impl Default for ServerConfig {
             rate_limit_per_minute: None,
             max_concurrent_settles: default_max_concurrent_settles(),
             admin_listen: None,
+            redis_url: None,
+            redis_namespace: default_redis_namespace(),
         }
     }
 }
@@ -540,6 +553,14 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.server.redis_url
+            && !reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "redis" | "rediss"))
+        {
+            return Err(key_error(
+                "server.redis_url",
+                format!("{url:?} is not a redis:// or rediss:// URL"),
+            ));
+        }
         if self.server.body_limit_bytes < 1024 {
             return Err(key_error(
                 "server.body_limit_bytes",

@@ -178,7 +178,13 @@ impl Facilitator {
             network_metrics,
             unserved_metrics,
             ops: ops::OpsState::default(),
-            access: access::Access::new(config.server.public),
+            access: access::Access::new(
+                config.server.public,
+                crate::limits::Limits::new(
+                    config.server.redis_url.as_deref(),
+                    &config.server.redis_namespace,
+                ),
+            ),
             budget_locks: std::sync::Mutex::new(HashMap::new()),
         })
     }

@@ -2,14 +2,16 @@
 //! and replenished evenly (one every `60/N` seconds), counted by `governor`'s GCRA. Used by Dial's
 //! routes (per IP) and the facilitator's (per IP and per API key). Below every room: imports none.
 //!
-//! The state sits behind [`RateLimitBackend`], so the middleware does not know where it is kept.
-//! Today it is [`InProcess`]: each node counts its own clients. A cluster can put a shared store
-//! (Redis, say) behind the same trait so that every node sees one count per client.
+//! The state sits behind [`RateLimitBackend`], so the middleware does not know where it is kept:
+//! [`InProcess`] (each node counts its own clients) or [`Shared`] (one count per client for every
+//! node using the same Redis, the same GCRA in a Lua script on Redis's clock). [`Limits`] hands out
+//! whichever the configuration asks for.
 
+use std::fmt::Display;
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
@@ -113,6 +115,155 @@ where
     fn check(&self, client: K) -> BoxFuture<'_, Verdict> {
         let verdict = self.check_now(client);
         Box::pin(std::future::ready(verdict))
+    }
+}
+
+/// Where this process keeps its limits: its own memory, or a Redis every node shares.
+#[derive(Clone)]
+pub enum Limits {
+    Local,
+    /// The Redis, and the namespace its keys start with (deployments sharing one Redis).
+    Redis(redis::Client, Arc<str>),
+}
+
+impl Limits {
+    /// `redis_url` set: counts shared through that Redis (it is not contacted until the first
+    /// request). The configuration checked the URL; one that still does not open counts locally.
+    pub fn new(redis_url: Option<&str>, namespace: &str) -> Self {
+        match redis_url.map(redis::Client::open) {
+            None => Limits::Local,
+            Some(Ok(client)) => Limits::Redis(client, namespace.into()),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "server.redis_url does not open: limits are per node");
+                Limits::Local
+            }
+        }
+    }
+
+    /// A limiter of `per_minute` per client; `scope` keeps one route family's counts apart from
+    /// another's in the shared store (`"ip"`, `"dial-ip"`, `"key"`).
+    pub fn backend<K>(&self, scope: &'static str, per_minute: u32) -> Arc<dyn RateLimitBackend<K>>
+    where
+        K: Display + Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        match self {
+            Limits::Local => Arc::new(InProcess::new(per_minute)),
+            Limits::Redis(client, namespace) => Arc::new(Shared::new(
+                client.clone(),
+                format!("{namespace}:rl:{scope}"),
+                per_minute,
+            )),
+        }
+    }
+}
+
+/// GCRA on Redis: the key holds the theoretical arrival time (ms, Redis's own clock so that
+/// nodes with skewed clocks agree). A request is served when, after adding one emission interval,
+/// the arrival time is at most `burst × interval` ahead of now. Returns {allowed, remaining or
+/// wait in ms}.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local ahead = new_tat - now
+if ahead > burst * interval then
+  return {0, ahead - burst * interval}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', ahead)
+return {1, math.floor((burst * interval - ahead) / interval)}
+"#;
+
+/// How long a node counts locally after Redis failed, before trying Redis again.
+const REDIS_RETRY: Duration = Duration::from_secs(5);
+
+/// The shared backend: one count per client across every node on the same Redis. When Redis
+/// cannot be reached the node counts in its own memory (each node then allows the rate on its
+/// own: degraded, never unlimited, and never a refusal caused by the outage) and tries Redis
+/// again after [`REDIS_RETRY`].
+pub struct Shared<K: Hash + Eq + Clone> {
+    client: redis::Client,
+    connection: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    script: redis::Script,
+    /// `{namespace}:rl:{scope}`: the start of every key of this limiter.
+    prefix: String,
+    per_minute: u32,
+    fallback: InProcess<K>,
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl<K: Hash + Eq + Clone + Display> Shared<K> {
+    pub fn new(client: redis::Client, prefix: String, per_minute: u32) -> Self {
+        Shared {
+            client,
+            connection: tokio::sync::OnceCell::new(),
+            script: redis::Script::new(GCRA),
+            prefix,
+            per_minute: per_minute.max(1),
+            fallback: InProcess::new(per_minute),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    async fn shared_check(&self, client: &K) -> Result<Verdict, redis::RedisError> {
+        let connection = self
+            .connection
+            .get_or_try_init(|| {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_millis(500)))
+                    .set_response_timeout(Some(Duration::from_millis(500)))
+                    .set_number_of_retries(1);
+                redis::aio::ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await?;
+        let mut connection = connection.clone();
+        let interval_ms = 60_000 / u64::from(self.per_minute);
+        let (allowed, n): (u8, u64) = self
+            .script
+            .key(format!("{}:{}:{client}", self.prefix, self.per_minute))
+            .arg(interval_ms.max(1))
+            .arg(self.per_minute)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(if allowed == 1 {
+            Verdict::Allowed {
+                remaining: u32::try_from(n).unwrap_or(u32::MAX),
+            }
+        } else {
+            Verdict::Limited {
+                retry_after_secs: n.div_ceil(1000).max(1),
+            }
+        })
+    }
+}
+
+impl<K> RateLimitBackend<K> for Shared<K>
+where
+    K: Display + Hash + Eq + Clone + Send + Sync,
+{
+    fn check(&self, client: K) -> BoxFuture<'_, Verdict> {
+        Box::pin(async move {
+            let down = self
+                .down_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|until| Instant::now() < until);
+            if !down {
+                match self.shared_check(&client).await {
+                    Ok(verdict) => return verdict,
+                    Err(e) => {
+                        tracing::warn!(error = %e, limiter = %self.prefix, retry_in = ?REDIS_RETRY,
+                            "Redis unreachable: rate limits are counted per node until it is back");
+                        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now() + REDIS_RETRY);
+                    }
+                }
+            }
+            self.fallback.check_now(client)
+        })
     }
 }
 

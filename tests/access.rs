@@ -333,3 +333,75 @@ async fn an_admin_listener_takes_the_operator_routes_off_the_public_one() {
     assert!(metrics.contains("x402d_http_requests_total"), "{metrics}");
     server.stop().await;
 }
+
+/// Two nodes on one Redis count a client once: 5 a minute means 5 across both, the sixth is 429 on
+/// either. With Redis unreachable each node still limits (its own count), and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_redis_share_the_per_ip_limit() {
+    let h = Harness::start_with(HarnessOptions {
+        in_process: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A namespace of its own: runs and tests sharing the machine's Redis never share counts.
+    let namespace = format!("x402d-test-{}", alloy::primitives::B256::random());
+    let with = |redis: &str| {
+        h.config_text.replace(
+            "public = true",
+            &format!(
+                "public = true\n            rate_limit_per_minute = 5\n            redis_url = \"{redis}\"\n            redis_namespace = \"{namespace}\""
+            ),
+        )
+    };
+    let config = Config::from_toml(&with("redis://127.0.0.1:6379"), &h.config_env()).unwrap();
+    let a = RunningServer::start(&config).await.unwrap();
+    let b = RunningServer::start(&config).await.unwrap();
+    let get = |url: String| async move {
+        let r = reqwest::get(format!("{url}/supported")).await.unwrap();
+        let remaining = r
+            .headers()
+            .get("x-ratelimit-remaining")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (
+            r.status().as_u16(),
+            remaining,
+            r.headers().contains_key("retry-after"),
+        )
+    };
+    let mut remaining = Vec::new();
+    for url in [a.url(), b.url(), a.url(), b.url(), a.url()] {
+        let (status, left, _) = get(url).await;
+        assert_eq!(status, 200);
+        remaining.push(left.unwrap());
+    }
+    assert_eq!(
+        remaining,
+        ["4", "3", "2", "1", "0"],
+        "one count across both nodes"
+    );
+    for url in [b.url(), a.url()] {
+        let (status, _, retry_after) = get(url).await;
+        assert_eq!(status, 429, "the sixth request, on either node");
+        assert!(retry_after);
+    }
+    a.stop().await;
+    b.stop().await;
+
+    // Redis down (nothing listens there): each node counts on its own, and still limits.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config =
+        Config::from_toml(&with(&format!("redis://127.0.0.1:{port}")), &h.config_env()).unwrap();
+    let c = RunningServer::start(&config).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(get(c.url()).await.0, 200);
+    }
+    assert_eq!(
+        get(c.url()).await.0,
+        429,
+        "limited locally while Redis is away"
+    );
+    c.stop().await;
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, U256, keccak256};
 
 use crate::ledger::{ApiKeyRecord, Ledger, LedgerError};
-use crate::limits::{InProcess, RateLimitBackend, Verdict};
+use crate::limits::{RateLimitBackend, Verdict};
 
 /// How long a key's record is trusted from memory: a revocation takes effect within this.
 const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -104,8 +104,9 @@ fn split_key(text: &str) -> Option<(&str, &str)> {
 pub struct Access {
     public: bool,
     cache: Mutex<HashMap<String, (Instant, Option<ApiKeyRecord>)>>,
-    /// One limiter per distinct `per_minute` (a governor quota is per limiter), keyed by key id.
-    limiters: Mutex<HashMap<u32, Arc<InProcess<String>>>>,
+    /// One limiter per distinct `per_minute` (a quota is per limiter), keyed by key id.
+    limiters: Mutex<HashMap<u32, Arc<dyn RateLimitBackend<String>>>>,
+    limits: crate::limits::Limits,
 }
 
 impl std::fmt::Debug for Access {
@@ -117,9 +118,10 @@ impl std::fmt::Debug for Access {
 }
 
 impl Access {
-    pub fn new(public: bool) -> Self {
+    pub fn new(public: bool, limits: crate::limits::Limits) -> Self {
         Access {
             public,
+            limits,
             cache: Mutex::new(HashMap::new()),
             limiters: Mutex::new(HashMap::new()),
         }
@@ -138,7 +140,7 @@ impl Access {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(per_minute)
-            .or_insert_with(|| Arc::new(InProcess::new(per_minute)))
+            .or_insert_with(|| self.limits.backend("key", per_minute))
             .clone();
         match limiter.check(key.id.clone()).await {
             Verdict::Limited { retry_after_secs } => Err(AccessError::RateLimited {

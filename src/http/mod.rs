@@ -43,6 +43,8 @@ pub struct RouterOptions {
     /// What the Bazaar lists besides what settled payments declared (Dial's routes).
     pub local_discovery: Vec<DiscoveryItem>,
     pub ip_limit_per_minute: Option<u32>,
+    /// Where the per-IP counts live (this process, or a Redis all nodes share).
+    pub limits: crate::limits::Limits,
     /// `/settle` requests in progress at once; more are shed with 503 at once (not queued).
     pub max_concurrent_settles: usize,
     /// A `/settle` still running after this is answered 503 (the facilitator's own wait ends
@@ -59,6 +61,7 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
         body_limit,
         local_discovery,
         ip_limit_per_minute,
+        limits,
         max_concurrent_settles,
         settle_deadline,
         ops_routes,
@@ -109,7 +112,7 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
         Some(per_minute) => routes.layer(axum::middleware::from_fn_with_state(
             IpLimit {
                 per_minute,
-                backend: Arc::new(crate::limits::InProcess::new(per_minute)),
+                backend: limits.backend("ip", per_minute),
             },
             limit_ip,
         )),

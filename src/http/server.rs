@@ -84,6 +84,10 @@ impl RunningServer {
                 body_limit: config.server.body_limit_bytes,
                 local_discovery: local,
                 ip_limit_per_minute: config.server.rate_limit_per_minute,
+                limits: crate::limits::Limits::new(
+                    config.server.redis_url.as_deref(),
+                    &config.server.redis_namespace,
+                ),
                 max_concurrent_settles: config.server.max_concurrent_settles,
                 settle_deadline: std::time::Duration::from_secs(
                     config.settlement.settle_timeout_seconds + 30,

@@ -155,7 +155,11 @@ impl Dial {
             esims: Arc::new(Sandbox),
             verifications: Arc::new(Sandbox),
             default_sender,
-            limiter: Arc::new(crate::limits::InProcess::new(dial.rate_limit_per_minute)),
+            limiter: crate::limits::Limits::new(
+                config.server.redis_url.as_deref(),
+                &config.server.redis_namespace,
+            )
+            .backend("dial-ip", dial.rate_limit_per_minute),
         }))
     }
 
