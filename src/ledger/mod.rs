@@ -104,31 +104,67 @@ pub struct Ledger {
 type PaymentKey = (u64, Address, Address, B256);
 
 /// Keys of unexpired claimed authorizations (an expired one is refused before the ledger is asked).
+/// Bounded: past [`KEY_INDEX_CAP`] keys it stops remembering new ones and, until the last of those
+/// has expired, answers "maybe" for a key it does not hold, so the ledger is asked (slower, never
+/// wrong). Each key is ~120 bytes with the map's overhead: the cap keeps it near 30 MB.
 #[derive(Debug, Default)]
 struct KeyIndex {
     inner: Mutex<KeyIndexInner>,
 }
 
+/// Keys held in memory at most.
+const KEY_INDEX_CAP: usize = 250_000;
+
 #[derive(Debug, Default)]
 struct KeyIndexInner {
     valid_before: HashMap<PaymentKey, u64>,
     prune_at: usize,
+    /// The latest `validBefore` of a key left out for the cap: until then absence proves nothing.
+    incomplete_until: Option<u64>,
+    /// The second of the last pruning pass.
+    pruned_at: u64,
 }
 
 impl KeyIndex {
     fn insert(&self, key: PaymentKey, valid_before: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.valid_before.insert(key, valid_before);
-        if inner.valid_before.len() >= inner.prune_at {
-            let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
-            inner.valid_before.retain(|_, vb| *vb >= now);
-            inner.prune_at = (inner.valid_before.len() * 2).max(10_000);
-        }
+        self.insert_capped(key, valid_before, KEY_INDEX_CAP);
     }
 
-    fn contains(&self, key: &PaymentKey) -> bool {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.valid_before.contains_key(key)
+    fn insert_capped(&self, key: PaymentKey, valid_before: u64, cap: usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        // At the cap, at most one pass a second: a full scan per claim would cost more than the
+        // ledger read it saves.
+        let due = inner.valid_before.len() >= inner.prune_at
+            || (inner.valid_before.len() >= cap && inner.pruned_at < now);
+        if due {
+            inner.valid_before.retain(|_, vb| *vb >= now);
+            inner.prune_at = (inner.valid_before.len() * 2).max(10_000);
+            inner.pruned_at = now;
+        }
+        if inner.valid_before.len() >= cap {
+            let until = inner.incomplete_until.unwrap_or(0).max(valid_before);
+            inner.incomplete_until = Some(until);
+            return;
+        }
+        inner.valid_before.insert(key, valid_before);
+    }
+
+    /// Whether the key may be held: false only when the index proves it is not.
+    fn may_hold(&self, key: &PaymentKey) -> bool {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.valid_before.contains_key(key) {
+            return true;
+        }
+        let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+        match inner.incomplete_until {
+            Some(until) if until >= now => true,
+            Some(_) => {
+                inner.incomplete_until = None;
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -184,7 +220,7 @@ impl Ledger {
         nonce: B256,
     ) -> Result<Option<PaymentState>, LedgerError> {
         if let Some(keys) = &self.keys
-            && !keys.contains(&(chain_id, asset, payer, nonce))
+            && !keys.may_hold(&(chain_id, asset, payer, nonce))
         {
             return Ok(None);
         }
@@ -448,4 +484,31 @@ async fn insert_claims(
     }
     tx.commit().await?;
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_key_index_says_maybe_until_what_it_left_out_expires() {
+        let index = KeyIndex::default();
+        let now = u64::try_from(now_ms() / 1000).unwrap();
+        let key = |n: u8| (1u64, Address::ZERO, Address::ZERO, B256::repeat_byte(n));
+        index.insert_capped(key(1), now + 600, 2);
+        index.insert_capped(key(2), now + 600, 2);
+        assert!(index.may_hold(&key(1)));
+        assert!(!index.may_hold(&key(9)), "not full: absence is proof");
+        // Full: key 3 is left out, so absence proves nothing until it has expired.
+        index.insert_capped(key(3), now + 600, 2);
+        assert!(index.may_hold(&key(3)));
+        assert!(index.may_hold(&key(9)));
+        assert_eq!(index.inner.lock().unwrap().valid_before.len(), 2);
+        // What was left out has expired: absence is proof again.
+        let expired = KeyIndex::default();
+        expired.insert_capped(key(1), now + 600, 1);
+        expired.insert_capped(key(2), now.saturating_sub(10), 1);
+        assert!(!expired.may_hold(&key(2)));
+        assert!(!expired.may_hold(&key(9)));
+    }
 }
