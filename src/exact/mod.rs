@@ -262,23 +262,7 @@ fn check_static<'a>(
     now: u64,
 ) -> Result<ExactPayment<'a>, Invalid> {
     let req = &request.requirements;
-    if let Some(method) = &req.extra.asset_transfer_method
-        && method != TransferMethod::Eip3009.as_str()
-    {
-        return Err(Invalid::new(
-            Reason::UnsupportedPayloadType,
-            format!("assetTransferMethod {method:?} does not match an EIP-3009 payload"),
-        ));
-    }
-    if !token.accepts(TransferMethod::Eip3009) {
-        return Err(Invalid::new(
-            Reason::UnsupportedPayloadType,
-            format!(
-                "{} is served through Permit2 only here: sign a Permit2 payment",
-                token.symbol
-            ),
-        ));
-    }
+    check_method(req, token, TransferMethod::Eip3009)?;
     let (Some(name), Some(version)) = (&req.extra.name, &req.extra.version) else {
         return Err(Invalid::new(
             Reason::MissingEip712Domain,
@@ -330,6 +314,39 @@ fn check_static<'a>(
         token,
         payload,
     })
+}
+
+/// The payload's transfer method agrees with `extra.assetTransferMethod` (when given) and is one
+/// the token is served by.
+fn check_method(
+    req: &crate::protocol::Requirements,
+    token: &Token,
+    method: TransferMethod,
+) -> Result<(), Invalid> {
+    if let Some(asked) = &req.extra.asset_transfer_method
+        && asked != method.as_str()
+    {
+        return Err(Invalid::new(
+            Reason::UnsupportedPayloadType,
+            format!(
+                "assetTransferMethod {asked:?} does not match a {} payload",
+                method.as_str()
+            ),
+        ));
+    }
+    if !token.accepts(method) {
+        let served: Vec<&str> = token.transfer_methods.iter().map(|m| m.as_str()).collect();
+        return Err(Invalid::new(
+            Reason::UnsupportedPayloadType,
+            format!(
+                "{} is not served by {} here (served by: {})",
+                token.symbol,
+                method.as_str(),
+                served.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A signature's time window: each end's name on the wire, its value, and the reason it is

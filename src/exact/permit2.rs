@@ -199,20 +199,7 @@ pub fn check_static<'a>(
     } else {
         Scheme::Exact
     };
-    if let Some(method) = &req.extra.asset_transfer_method
-        && method != TransferMethod::Permit2.as_str()
-    {
-        return Err(Invalid::new(
-            Reason::UnsupportedPayloadType,
-            format!("assetTransferMethod {method:?} does not match a Permit2 payload"),
-        ));
-    }
-    if !token.accepts(TransferMethod::Permit2) {
-        return Err(Invalid::new(
-            Reason::UnsupportedPayloadType,
-            format!("{} is not served through Permit2 here", token.symbol),
-        ));
-    }
+    super::check_method(req, token, TransferMethod::Permit2)?;
     let a = &payload.permit2_authorization;
     if a.permitted.token != req.asset {
         return Err(Invalid::new(
