@@ -361,11 +361,12 @@ pub async fn verify_on_chain(
         ),
     };
     let permit2 = payment.network.permit2.permit2;
+    let [nonce_word, allowance, balance] = reads(payment, permit2);
     let mut calls = vec![
         RpcCall::get_code(a.from),
-        reads(payment, permit2)[0].clone(),
-        reads(payment, permit2)[1].clone(),
-        reads(payment, permit2)[2].clone(),
+        nonce_word,
+        allowance,
+        balance,
         simulation,
         RpcCall::get_code(permit2),
         RpcCall::get_code(target),
