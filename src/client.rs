@@ -260,7 +260,6 @@ pub async fn pay(
     req: &PayRequest,
 ) -> Result<PayOutcome, PayError> {
     use crate::protocol::decode_header;
-    use crate::protocol::primitives::{atomic_to_dollars, dollars_to_atomic};
     use crate::protocol::wire::PaymentRequiredV2;
 
     let send = |payment: Option<(&'static str, String)>| {
@@ -317,6 +316,36 @@ pub async fn pay(
             }
         }
     };
+    let signed = choose_and_sign(signer, req, offers, resource, v1_only)?;
+    let paid = send(Some((
+        signed.header,
+        crate::protocol::encode_header(&signed.payload),
+    )))
+    .await?;
+    finish(paid, signed.offer).await
+}
+
+/// A payment made for one of the offered requirements: the offer, the header it goes in, and the
+/// PaymentPayload (the header carries it base64-encoded, MCP's `_meta` as the object).
+pub struct Signed {
+    pub offer: RequirementsV2,
+    pub header: &'static str,
+    pub payload: Value,
+}
+
+/// Picks the first offer `req` allows and signs it (EIP-3009 or Permit2) under `--max-amount`.
+///
+/// # Errors
+/// No offer matches, the price is above the maximum, or signing failed.
+pub fn choose_and_sign(
+    signer: &PrivateKeySigner,
+    req: &PayRequest,
+    offers: Vec<RequirementsV2>,
+    resource: Option<Value>,
+    v1_only: bool,
+) -> Result<Signed, PayError> {
+    use crate::protocol::primitives::{atomic_to_dollars, dollars_to_atomic};
+
     let offered: Vec<String> = offers
         .iter()
         .map(|o| format!("{} {} {}", o.network, o.asset, o.amount))
@@ -351,12 +380,11 @@ pub async fn pay(
         if let Some(r) = resource {
             p["resource"] = r;
         }
-        let paid = send(Some((
-            "payment-signature",
-            crate::protocol::encode_header(&p),
-        )))
-        .await?;
-        return finish(paid, offer).await;
+        return Ok(Signed {
+            offer,
+            header: "payment-signature",
+            payload: p,
+        });
     }
     let signed = sign_for_v2(signer, &offer, now)?;
     let (name, payload) = if req.force_v1 || v1_only {
@@ -381,8 +409,11 @@ pub async fn pay(
         }
         ("payment-signature", p)
     };
-    let paid = send(Some((name, crate::protocol::encode_header(&payload)))).await?;
-    finish(paid, offer).await
+    Ok(Signed {
+        offer,
+        header: name,
+        payload,
+    })
 }
 
 /// The paid answer with its decoded settlement receipt.
@@ -419,4 +450,100 @@ fn v1_as_v2(r: &RequirementsV1) -> Option<RequirementsV2> {
         max_timeout_seconds: r.max_timeout_seconds,
         extra: r.extra.clone(),
     })
+}
+
+/// What an MCP tool call answered, after paying when it asked to be paid.
+#[derive(Debug, Clone)]
+pub struct McpOutcome {
+    /// The last `CallToolResult`, as JSON (`content`, `structuredContent`, `isError`, `_meta`).
+    pub result: Value,
+    /// The offer paid, if a payment was made.
+    pub paid: Option<RequirementsV2>,
+    /// `_meta["x402/payment-response"]`: the settlement receipt.
+    pub receipt: Option<crate::protocol::wire::SettleResponse>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum McpPayError {
+    #[error("MCP: {0}")]
+    Mcp(String),
+    #[error(transparent)]
+    Pay(#[from] PayError),
+}
+
+/// Calls `tool` on the MCP server at `url` (Streamable HTTP) with `arguments`; when the result is
+/// the x402 PaymentRequired (`isError` with it in `structuredContent` or `content[0].text`), pays
+/// one of its offers under `req.max_amount` and calls again with the PaymentPayload in
+/// `_meta["x402/payment"]`: the terminal twin of [`pay`] over the x402 MCP transport.
+///
+/// # Errors
+/// The server is unreachable or not MCP, or the offer cannot be paid.
+pub async fn pay_mcp(
+    signer: &PrivateKeySigner,
+    url: &str,
+    tool: &str,
+    arguments: serde_json::Map<String, Value>,
+    req: &PayRequest,
+) -> Result<McpOutcome, McpPayError> {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequestParams, MetaObject, RequestMetaObject};
+
+    let mcp = |e: &dyn std::fmt::Display| McpPayError::Mcp(e.to_string());
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url);
+    let client = ().serve(transport).await.map_err(|e| mcp(&e))?;
+    let call = |payment: Option<Value>| {
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        params.arguments = Some(arguments.clone());
+        if let Some(payment) = payment {
+            let mut meta = MetaObject::new();
+            meta.insert(crate::protocol::mcp::PAYMENT.to_owned(), payment);
+            params.meta = Some(RequestMetaObject(meta));
+        }
+        client.call_tool(params)
+    };
+    let first = call(None).await.map_err(|e| mcp(&e))?;
+    let outcome = match payment_required_of(&first) {
+        None => McpOutcome {
+            result: serde_json::to_value(&first).unwrap_or_default(),
+            paid: None,
+            receipt: None,
+        },
+        Some(required) => {
+            let resource = serde_json::to_value(&required.resource).ok();
+            let signed = choose_and_sign(signer, req, required.accepts, resource, false)?;
+            let paid = call(Some(signed.payload)).await.map_err(|e| mcp(&e))?;
+            let receipt = paid
+                .meta
+                .as_ref()
+                .and_then(|m| m.get(crate::protocol::mcp::PAYMENT_RESPONSE))
+                .and_then(|r| serde_json::from_value(r.clone()).ok());
+            McpOutcome {
+                result: serde_json::to_value(&paid).unwrap_or_default(),
+                paid: Some(signed.offer),
+                receipt,
+            }
+        }
+    };
+    let _ = client.cancel().await;
+    Ok(outcome)
+}
+
+/// The x402 PaymentRequired an MCP tool answered with, if it did (structured, else the text).
+fn payment_required_of(
+    result: &rmcp::model::CallToolResult,
+) -> Option<crate::protocol::wire::PaymentRequiredV2> {
+    if result.is_error != Some(true) {
+        return None;
+    }
+    let structured = result.structured_content.clone();
+    let text = result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .and_then(|t| serde_json::from_str::<Value>(&t.text).ok());
+    structured
+        .into_iter()
+        .chain(text)
+        .filter(|v| v.get("accepts").is_some())
+        .find_map(|v| serde_json::from_value(v).ok())
 }

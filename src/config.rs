@@ -98,6 +98,14 @@ pub struct DialConfig {
     pub prices: DialPrices,
     #[serde(default)]
     pub provider: DialProvider,
+    /// Hosts `/mcp` answers under (`Host` header; `name` or `name:port`). Empty: the host of
+    /// `public_url` only. Other hosts are refused (DNS-rebinding defence of the MCP transport).
+    #[serde(default)]
+    pub mcp_allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call `/mcp` (`https://app.example`, `http://localhost:*`).
+    /// Empty: the origin of `public_url` only. Requests without `Origin` (agents) always pass.
+    #[serde(default)]
+    pub mcp_allowed_origins: Vec<String>,
 }
 
 /// Route prices in dollars, as decimal strings (`"0.01"`).

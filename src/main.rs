@@ -106,6 +106,15 @@ enum Command {
         /// A file holding the payer's private key (default: the X402D_PAYER_KEY variable).
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// URL is an MCP server (Streamable HTTP): call TOOL, pay its x402 offer, print the
+        /// tool's result and the receipt (`x402d pay --mcp URL TOOL --args JSON`).
+        #[arg(long, requires = "tool")]
+        mcp: bool,
+        /// The MCP tool to call (with --mcp).
+        tool: Option<String>,
+        /// The tool's arguments, a JSON object (with --mcp).
+        #[arg(long, default_value = "{}")]
+        args: String,
     },
     /// Apply the ledger migrations (also done at start-up) and exit.
     Migrate {
@@ -345,6 +354,9 @@ async fn main() -> anyhow::Result<()> {
             v1,
             scheme,
             key_file,
+            mcp,
+            tool,
+            args,
         } => {
             let key = match key_file {
                 Some(path) => std::fs::read_to_string(&path)
@@ -380,6 +392,27 @@ async fn main() -> anyhow::Result<()> {
                 force_v1: v1,
                 scheme,
             };
+            if let (true, Some(tool)) = (mcp, tool) {
+                let arguments: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&args).context("--args must be a JSON object")?;
+                let outcome =
+                    x402d::client::pay_mcp(&signer, &request.url, &tool, arguments, &request)
+                        .await?;
+                if let Some(offer) = &outcome.paid {
+                    eprintln!(
+                        "paid {} (atomic) of {} on {} to {}",
+                        offer.amount, offer.asset, offer.network, offer.pay_to
+                    );
+                }
+                if let Some(receipt) = &outcome.receipt {
+                    eprintln!("receipt: {}", serde_json::to_string(receipt)?);
+                }
+                println!("{}", serde_json::to_string(&outcome.result)?);
+                if outcome.result["isError"] == true {
+                    std::process::exit(1);
+                }
+                return Ok(());
+            }
             let outcome = x402d::client::pay(&reqwest::Client::new(), &signer, &request).await?;
             eprintln!("HTTP {}", outcome.status);
             if let Some(offer) = &outcome.paid {

@@ -212,6 +212,7 @@ async fn unpaid_requests_get_a_v2_offer_browsers_a_page() {
         .header("accept", "text/html,application/xhtml+xml")
         .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64)")
         .header("origin", "https://agent.example")
+        .json(&json!({"to": "+14155550100", "message": "hi"}))
         .send()
         .await
         .unwrap();
@@ -789,10 +790,25 @@ async fn discovery_is_generated_from_the_route_table() {
         "$2.45"
     );
     let well_known = get("/.well-known/x402").await;
+    let http_items = items.iter().filter(|i| i["type"] == "http").count();
     assert_eq!(
         well_known["resources"].as_array().unwrap().len(),
-        items.len()
+        http_items
     );
+    // The paid MCP tools are catalogued as `mcp` entries keyed by (the /mcp URL, tool name).
+    let tools: Vec<&Value> = items.iter().filter(|i| i["type"] == "mcp").collect();
+    assert_eq!(tools.len(), 6, "{tools:?}");
+    let send = tools
+        .iter()
+        .find(|i| i["metadata"]["input"]["toolName"] == "send_sms")
+        .unwrap();
+    assert!(send["resource"].as_str().unwrap().ends_with("/mcp"));
+    assert_eq!(send["metadata"]["input"]["type"], "mcp");
+    assert_eq!(
+        send["metadata"]["input"]["inputSchema"]["required"],
+        json!(["to", "message"])
+    );
+    assert_eq!(send["accepts"][0]["amount"], SMS_PRICE.to_string());
     let page = get("/discovery/resources?limit=2&offset=1").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["items"][0]["resource"], items[1]["resource"]);
@@ -1205,4 +1221,221 @@ async fn upto_sms_charges_the_segments_sent() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(paid));
     assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 3);
+}
+
+const MCP_HOSTS: &str = "mcp_allowed_hosts = [\"127.0.0.1\"]";
+
+/// An MCP client session to Dial's `/mcp`.
+async fn mcp_client(h: &Harness) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    use rmcp::ServiceExt;
+    let transport =
+        rmcp::transport::StreamableHttpClientTransport::from_uri(format!("{}/mcp", h.url()));
+    ().serve(transport).await.unwrap()
+}
+
+async fn call_tool(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    tool: &str,
+    arguments: Value,
+) -> Value {
+    let mut params = rmcp::model::CallToolRequestParams::new(tool.to_owned());
+    params.arguments = arguments.as_object().cloned();
+    serde_json::to_value(client.call_tool(params).await.unwrap()).unwrap()
+}
+
+/// The x402 MCP transport: tools from the route table; an unpaid call is isError with the
+/// PaymentRequired both structured and as text; a bad phone number is a tool error before any
+/// offer; nothing moves.
+#[tokio::test]
+async fn mcp_lists_the_tools_offers_unpaid_calls_and_refuses_bad_input_for_free() {
+    // The harness's public URL is not where it listens: the listening host is allowed explicitly.
+    let h = dial_harness(MCP_HOSTS).await;
+    let client = mcp_client(&h).await;
+    let mut names: Vec<String> = client
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            assert!(t.input_schema.contains_key("type"), "{t:?}");
+            t.name.into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "buy_number",
+            "buy_number_intl",
+            "buy_number_us",
+            "discovery",
+            "esim_checkout",
+            "send_sms",
+            "start_verification"
+        ]
+    );
+    let before = h.usdc_balance(h.pay_to).await;
+    let unpaid = call_tool(
+        &client,
+        "send_sms",
+        json!({"to": "+14155550100", "message": "hi"}),
+    )
+    .await;
+    assert_eq!(unpaid["isError"], true, "{unpaid}");
+    let required: PaymentRequiredV2 =
+        serde_json::from_value(unpaid["structuredContent"].clone()).unwrap();
+    let text: PaymentRequiredV2 =
+        serde_json::from_str(unpaid["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(required, text);
+    assert_eq!(required.accepts[0].amount.0, U256::from(SMS_PRICE));
+    assert_eq!(required.accepts[0].pay_to, h.pay_to);
+
+    let bad = call_tool(
+        &client,
+        "send_sms",
+        json!({"to": "not-a-phone", "message": "hi"}),
+    )
+    .await;
+    assert_eq!(bad["isError"], true, "{bad}");
+    assert!(bad["structuredContent"].get("accepts").is_none(), "{bad}");
+    assert_eq!(bad["structuredContent"]["success"], false, "{bad}");
+    let bad_esim = call_tool(&client, "esim_checkout", json!({"packageId": "nope"})).await;
+    assert_eq!(bad_esim["isError"], true);
+    assert!(
+        bad_esim["structuredContent"].get("accepts").is_none(),
+        "{bad_esim}"
+    );
+
+    let discovery = call_tool(&client, "discovery", json!({})).await;
+    assert_ne!(discovery["isError"], true, "{discovery}");
+    assert_eq!(
+        discovery["structuredContent"]["mcp"]["tools"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(
+        h.usdc_balance(h.pay_to).await,
+        before,
+        "nothing was charged"
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 0);
+
+    // Hosts are checked (DNS rebinding): another Host is refused before any tool runs.
+    let r = h
+        .http
+        .post(format!("{}/mcp", h.url()))
+        .header("host", "evil.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = h
+        .http
+        .post(format!("{}/mcp", h.url()))
+        .header("origin", "https://evil.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+/// Paying a tool through `_meta["x402/payment"]` (the library call and the CLI): settled, then
+/// sent; the receipt in `_meta["x402/payment-response"]`; one `AuthorizationUsed` per payment.
+#[tokio::test]
+async fn mcp_send_sms_is_paid_in_meta_and_receipted() {
+    let h = dial_harness(MCP_HOSTS).await;
+    let payer = h.funded_payer(1_000_000).await;
+    let before = h.usdc_balance(h.pay_to).await;
+    let request = PayRequest {
+        method: reqwest::Method::POST,
+        url: format!("{}/mcp", h.url()),
+        body: None,
+        headers: vec![],
+        network: None,
+        asset: None,
+        max_amount: "0.10".into(),
+        force_v1: false,
+        scheme: Some("exact".into()),
+    };
+    let arguments = json!({"to": "+14155550100", "message": "hi from mcp"});
+    let out = x402d::client::pay_mcp(
+        &payer,
+        &request.url,
+        "send_sms",
+        arguments.as_object().cloned().unwrap(),
+        &request,
+    )
+    .await
+    .unwrap();
+    assert_ne!(out.result["isError"], true, "{}", out.result);
+    assert_eq!(out.result["structuredContent"]["success"], true);
+    assert_eq!(out.result["structuredContent"]["to"], "+14155550100");
+    let receipt = out.receipt.expect("_meta x402/payment-response");
+    assert!(receipt.success);
+    assert_eq!(receipt.transaction.len(), 66);
+    assert_eq!(
+        h.usdc_balance(h.pay_to).await - before,
+        U256::from(SMS_PRICE)
+    );
+    assert_eq!(h.authorizations_used(payer.address()).await, 1);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 1);
+
+    // Too expensive for --max-amount: nothing is signed or paid.
+    let cheap = PayRequest {
+        max_amount: "0.01".into(),
+        ..request.clone()
+    };
+    let refused = x402d::client::pay_mcp(
+        &payer,
+        &request.url,
+        "send_sms",
+        arguments.as_object().cloned().unwrap(),
+        &cheap,
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(x402d::client::McpPayError::Pay(
+                PayError::TooExpensive { .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+
+    // The CLI twin.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["pay", "--mcp"])
+        .arg(format!("{}/mcp", h.url()))
+        .args([
+            "send_sms",
+            "--args",
+            r#"{"to":"+14155550101","message":"from the CLI"}"#,
+        ])
+        .args(["--max-amount", "0.10", "--scheme", "exact"])
+        .env("X402D_PAYER_KEY", alloy::hex::encode(payer.to_bytes()))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["structuredContent"]["to"], "+14155550101");
+    assert!(
+        stderr.contains("receipt: ") && stderr.contains("\"success\":true"),
+        "{stderr}"
+    );
+    assert_eq!(
+        h.usdc_balance(h.pay_to).await - before,
+        U256::from(2 * SMS_PRICE)
+    );
+    assert_eq!(h.authorizations_used(payer.address()).await, 2);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 2);
 }

@@ -12,12 +12,10 @@ use alloy::network::{EthereumWallet, TransactionBuilder};
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::ext::AnvilApi;
 use alloy::providers::{Provider, ProviderBuilder};
-use alloy::rpc::types::{Filter, TransactionRequest};
-use alloy::sol_types::SolEvent;
+use alloy::rpc::types::TransactionRequest;
 use common::*;
 use futures::StreamExt;
 use serde_json::Value;
-use x402d::chain::bindings::IEip3009Token;
 use x402d::ledger::TxStatus;
 
 macro_rules! on_both_backends {
@@ -50,16 +48,6 @@ async fn harness(
         ..Default::default()
     })
     .await
-}
-
-/// `AuthorizationUsed` logs of a payer on the test USDC, on the chain as it is now.
-async fn authorizations_used(h: &Harness, payer: Address) -> usize {
-    let filter = Filter::new()
-        .address(h.chain.usdc)
-        .event_signature(IEip3009Token::AuthorizationUsed::SIGNATURE_HASH)
-        .topic1(B256::left_padding_from(payer.as_slice()))
-        .from_block(0);
-    h.chain.provider().get_logs(&filter).await.unwrap().len()
 }
 
 /// A metric's value for a label set (the first series whose labels contain `labels`).
@@ -151,7 +139,7 @@ async fn four_wallets_settle_a_thousand_payments_once_with_contiguous_nonces(bac
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(1000 * ONE_CENT));
     for p in payers.iter().step_by(97) {
         assert_eq!(h.usdc_balance(p.address()).await, U256::ZERO);
-        assert_eq!(authorizations_used(&h, p.address()).await, 1);
+        assert_eq!(h.authorizations_used(p.address()).await, 1);
     }
     let used = assert_lanes_contiguous(&h, &BTreeMap::new()).await;
     assert!(used >= 3, "only {used} of 4 wallets settled anything");
@@ -205,7 +193,7 @@ async fn a_stuck_transaction_is_replaced_and_its_payment_settles_once(backend: B
         "the replacement was mined, not the stuck one"
     );
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(ONE_CENT));
-    assert_eq!(authorizations_used(&h, payer.address()).await, 1);
+    assert_eq!(h.authorizations_used(payer.address()).await, 1);
     assert!(metric(&h, "x402d_tx_replacements_total", "eip155:84532").await >= 1.0);
     let txs = h.ledger().transactions(CHAIN_ID).await.unwrap();
     assert!(
@@ -345,7 +333,7 @@ async fn a_reorg_after_success_is_resubmitted_and_the_payee_made_whole(backend: 
         receipt.is_some_and(|r| r.status()),
         "/settle names a transaction that is mined now: {again}"
     );
-    assert_eq!(authorizations_used(&h, payer.address()).await, 1);
+    assert_eq!(h.authorizations_used(payer.address()).await, 1);
     assert_eq!(h.usdc_balance(payer.address()).await, U256::ZERO);
     assert_eq!(
         metric(&h, "x402d_reorgs_handled_total", "eip155:84532").await,
@@ -411,7 +399,7 @@ async fn an_outside_send_from_a_lane_key_mid_load_loses_and_doubles_nothing(back
     }
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(200 * ONE_CENT));
     for p in payers.iter().step_by(23) {
-        assert_eq!(authorizations_used(&h, p.address()).await, 1);
+        assert_eq!(h.authorizations_used(p.address()).await, 1);
     }
     assert_lanes_contiguous(&h, &BTreeMap::from([(h.gas_key.address(), outside_sends)])).await;
     // A payment after the disturbance settles within seconds.
@@ -472,8 +460,8 @@ async fn a_dropped_pool_and_a_stolen_nonce_heal_without_loss(backend: Backend) {
     assert_eq!(answer["success"], true, "{answer}");
     assert_ne!(answer["transaction"], ours.tx_hash.to_string());
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(2 * ONE_CENT));
-    assert_eq!(authorizations_used(&h, a.address()).await, 1);
-    assert_eq!(authorizations_used(&h, b.address()).await, 1);
+    assert_eq!(h.authorizations_used(a.address()).await, 1);
+    assert_eq!(h.authorizations_used(b.address()).await, 1);
     let txs = h.ledger().transactions(CHAIN_ID).await.unwrap();
     let stolen = txs.iter().find(|t| t.tx_hash == ours.tx_hash).unwrap();
     assert_eq!(stolen.status, TxStatus::Dropped);
@@ -531,7 +519,7 @@ async fn one_poisoned_item_in_a_batch_of_fifty_fails_alone(backend: Backend) {
         failed[0]
     );
     assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(49 * ONE_CENT));
-    assert_eq!(authorizations_used(&h, greedy.address()).await, 1);
+    assert_eq!(h.authorizations_used(greedy.address()).await, 1);
 }
 
 on_both_backends!(a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503);

@@ -178,12 +178,13 @@ fn country_order(country: Option<String>, product: Product) -> Result<Order, Dia
 }
 
 impl Dial {
-    /// Parses and checks a paid route's body; nothing is charged when this fails.
+    /// Parses and checks a paid route's body; nothing is charged when this fails. Without a
+    /// payer (before the offer) ownership is not checked yet, only that the thing exists.
     async fn order(
         &self,
         product: Product,
         body: &[u8],
-        payer: Address,
+        payer: Option<Address>,
     ) -> Result<Order, DialError> {
         match product {
             Product::MessagesSend => {
@@ -200,18 +201,20 @@ impl Dial {
             }
             Product::NumbersRenew => {
                 let b: RenewBody = parse_json(body)?;
-                let owner = owner_text(payer);
+                let owner = payer.map(owner_text);
                 match self.store.number(&b.phone_number).await.map_err(internal)? {
                     None => Err(DialError::new(
                         StatusCode::NOT_FOUND,
                         "not_found",
                         "no such number",
                     )),
-                    Some((o, _)) if o != owner => Err(DialError::new(
-                        StatusCode::FORBIDDEN,
-                        "not_owner",
-                        "only the number's owner can renew it",
-                    )),
+                    Some((o, _)) if owner.as_ref().is_some_and(|owner| *owner != o) => {
+                        Err(DialError::new(
+                            StatusCode::FORBIDDEN,
+                            "not_owner",
+                            "only the number's owner can renew it",
+                        ))
+                    }
                     Some(_) => Ok(Order::Renew {
                         phone_number: b.phone_number,
                     }),
@@ -448,7 +451,7 @@ impl Priced for Dial {
         &'a self,
         path: &'a str,
         body: &'a [u8],
-        payer: Address,
+        payer: Option<Address>,
     ) -> BoxFuture<'a, Result<Extensions, Response>> {
         Box::pin(async move {
             let route = paid_route(path).ok_or_else(|| {

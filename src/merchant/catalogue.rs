@@ -28,6 +28,8 @@ pub struct PaidRoute {
     pub output: fn() -> Value,
     /// Charged on every call (false: only past a quota, decided by the handler).
     pub always_paid: bool,
+    /// The MCP tool that calls this route (`/mcp`), if it is offered as one.
+    pub tool: Option<&'static str>,
 }
 
 impl PaidRoute {
@@ -105,6 +107,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
         },
         output: sent,
         always_paid: true,
+        tool: None,
     },
     PaidRoute {
         product: Product::SmsSend,
@@ -118,6 +121,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
         },
         output: sent,
         always_paid: true,
+        tool: Some("send_sms"),
     },
     PaidRoute {
         product: Product::NumbersBuy,
@@ -126,6 +130,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
         input: || object(&["country"], json!({"country": country()})),
         output: number_bought,
         always_paid: true,
+        tool: Some("buy_number"),
     },
     PaidRoute {
         product: Product::NumbersBuyUs,
@@ -134,6 +139,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
         input: || object(&[], json!({})),
         output: number_bought,
         always_paid: true,
+        tool: Some("buy_number_us"),
     },
     PaidRoute {
         product: Product::NumbersBuyIntl,
@@ -142,6 +148,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
         input: || object(&["country"], json!({"country": country()})),
         output: number_bought,
         always_paid: true,
+        tool: Some("buy_number_intl"),
     },
     PaidRoute {
         product: Product::NumbersRenew,
@@ -155,6 +162,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
             )
         },
         always_paid: true,
+        tool: None,
     },
     PaidRoute {
         product: Product::EsimCheckout,
@@ -174,6 +182,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
             )
         },
         always_paid: true,
+        tool: Some("esim_checkout"),
     },
     PaidRoute {
         product: Product::VerificationsStart,
@@ -198,6 +207,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
             )
         },
         always_paid: true,
+        tool: Some("start_verification"),
     },
     PaidRoute {
         product: Product::NumbersMineSend,
@@ -211,6 +221,7 @@ pub const PAID_ROUTES: &[PaidRoute] = &[
         },
         output: sent,
         always_paid: false,
+        tool: None,
     },
 ];
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::Dial;
 use super::catalogue::{FREE_ROUTES, PAID_ROUTES, PaidRoute};
+use super::mcp;
 use super::paywall::Price;
 use crate::protocol::X402Version;
 use crate::protocol::discovery::DiscoveryItem;
@@ -35,34 +36,47 @@ pub async fn dial_discovery(State(dial): State<Arc<Dial>>) -> Response {
         .iter()
         .map(|r| json!({"method": r.method.to_uppercase(), "path": r.path, "description": r.summary, "bearer": r.bearer}))
         .collect();
-    Json(json!({"success": true, "service": "Dial", "x402Version": 2, "paid": paid, "free": free}))
+    let tools: Vec<Value> = mcp::tool_routes()
+        .map(|(tool, r)| json!({"toolName": tool, "path": r.path, "price": format!("${}", price_of(&dial, r).dollars)}))
+        .collect();
+    let mcp = json!({"url": dial.paywall.resource_url(mcp::PATH), "transport": "streamable-http", "tools": tools});
+    Json(json!({"success": true, "service": "Dial", "x402Version": 2, "paid": paid, "free": free, "mcp": mcp}))
         .into_response()
 }
 
-/// Dial's paid routes as Bazaar entries (the facilitator's `GET /discovery/resources` lists them
-/// first, beside what settled payments declared).
+/// Dial's paid routes as Bazaar entries, then its paid MCP tools as `mcp` entries keyed by (the
+/// `/mcp` URL, tool name) (the facilitator's `GET /discovery/resources` lists them first, beside
+/// what settled payments declared).
 pub fn catalogue(dial: &Dial) -> Vec<DiscoveryItem> {
     let now = crate::clock::rfc3339(crate::clock::now_ms() / 1000);
-    PAID_ROUTES
-        .iter()
-        .map(|r| {
-            let price = price_of(dial, r);
-            DiscoveryItem {
-                resource: dial.paywall.resource_url(r.path),
-                kind: "http".to_owned(),
-                x402_version: X402Version::V2,
-                accepts: dial
-                    .paywall
-                    .offers(&price)
-                    .iter()
-                    .filter_map(|o| serde_json::to_value(o).ok())
-                    .collect(),
-                last_updated: now.clone(),
-                metadata: json!({"method": "POST", "description": r.summary, "serviceName": "Dial",
-                                 "input": (r.input)(), "output": (r.output)()}),
-            }
-        })
-        .collect()
+    let accepts = |r: &PaidRoute| -> Vec<Value> {
+        dial.paywall
+            .offers(&price_of(dial, r))
+            .iter()
+            .filter_map(|o| serde_json::to_value(o).ok())
+            .collect()
+    };
+    let routes = PAID_ROUTES.iter().map(|r| DiscoveryItem {
+        resource: dial.paywall.resource_url(r.path),
+        kind: "http".to_owned(),
+        x402_version: X402Version::V2,
+        accepts: accepts(r),
+        last_updated: now.clone(),
+        metadata: json!({"method": "POST", "description": r.summary, "serviceName": "Dial",
+                         "input": (r.input)(), "output": (r.output)()}),
+    });
+    let tools = mcp::tool_routes().map(|(tool, r)| DiscoveryItem {
+        resource: dial.paywall.resource_url(mcp::PATH),
+        kind: "mcp".to_owned(),
+        x402_version: X402Version::V2,
+        accepts: accepts(r),
+        last_updated: now.clone(),
+        metadata: json!({"description": r.summary, "serviceName": "Dial", "toolName": tool,
+                         "input": {"type": "mcp", "toolName": tool, "inputSchema": (r.input)(),
+                                   "transport": "streamable-http"},
+                         "output": (r.output)()}),
+    });
+    routes.chain(tools).collect()
 }
 
 /// `GET /.well-known/x402`.

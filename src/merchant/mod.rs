@@ -6,6 +6,7 @@ mod api;
 pub mod catalogue;
 mod discovery;
 pub mod link;
+pub mod mcp;
 pub mod paywall;
 pub mod providers;
 pub mod siwe;
@@ -163,13 +164,50 @@ impl Dial {
         }))
     }
 
-    /// Dial's routes, with the paywall on the priced ones, the per-IP limit and CORS on all.
-    /// Dial's paid routes as Bazaar entries.
+    /// Dial's paid routes (and MCP tools) as Bazaar entries.
     pub fn discovery_items(&self) -> Vec<crate::protocol::discovery::DiscoveryItem> {
         discovery::catalogue(self)
     }
 
+    /// Dial's routes and `/mcp`, with the paywall on the priced ones, the per-IP limit and CORS
+    /// on all.
     pub fn router(self: &Arc<Self>) -> Router {
+        let routes = self.routes();
+        let mcp = mcp::service(self, routes.clone());
+        let expose = [
+            HeaderName::from_static(paywall::PAYMENT_REQUIRED),
+            HeaderName::from_static(paywall::PAYMENT_RESPONSE),
+            HeaderName::from_static(paywall::X_PAYMENT_RESPONSE),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static(MCP_SESSION_ID),
+            header::RETRY_AFTER,
+        ];
+        let cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::ACCEPT,
+                HeaderName::from_static(paywall::PAYMENT_SIGNATURE),
+                HeaderName::from_static(paywall::X_PAYMENT),
+                HeaderName::from_static(MCP_SESSION_ID),
+                HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers(expose);
+        routes
+            .route_service(mcp::PATH, mcp)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                rate_limit,
+            ))
+            .layer(DefaultBodyLimit::max(self.paywall.body_limit))
+            .layer(cors)
+    }
+
+    /// The routes themselves, with their paywall: what HTTP clients and MCP tools both reach.
+    fn routes(self: &Arc<Self>) -> Router {
         let paywall_state = PaywallState {
             paywall: self.paywall.clone(),
             priced: self.clone(),
@@ -194,33 +232,12 @@ impl Dial {
             .route("/.well-known/x402", get(discovery::well_known))
             .route("/openapi.json", get(discovery::openapi))
             .route("/api/health", get(api::health));
-        let expose = [
-            HeaderName::from_static(paywall::PAYMENT_REQUIRED),
-            HeaderName::from_static(paywall::PAYMENT_RESPONSE),
-            HeaderName::from_static(paywall::X_PAYMENT_RESPONSE),
-            HeaderName::from_static("x-ratelimit-remaining"),
-            header::RETRY_AFTER,
-        ];
-        let cors = CorsLayer::new()
-            .allow_origin(Any)
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers([
-                header::CONTENT_TYPE,
-                header::AUTHORIZATION,
-                HeaderName::from_static(paywall::PAYMENT_SIGNATURE),
-                HeaderName::from_static(paywall::X_PAYMENT),
-            ])
-            .expose_headers(expose);
-        paid.merge(free)
-            .with_state(self.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                rate_limit,
-            ))
-            .layer(DefaultBodyLimit::max(self.paywall.body_limit))
-            .layer(cors)
+        paid.merge(free).with_state(self.clone())
     }
 }
+
+/// The Streamable HTTP session header (browsers must be allowed to send and read it).
+const MCP_SESSION_ID: &str = "mcp-session-id";
 
 /// The per-IP limit ([`crate::limits`]): 429 with `Retry-After` past it, `X-RateLimit-Remaining`
 /// (what the client may still send at once) on every answer.

@@ -81,11 +81,13 @@ pub trait Priced: Send + Sync + 'static {
     /// The price of a route (by its path template); `None`: free, or priced by its handler.
     fn price_of(&self, path: &str) -> Option<Price>;
     /// Checks a request before any money moves; what it returns reaches the handler's extensions.
+    /// `payer` is `None` before an offer is made: a request that can never succeed is refused
+    /// then, not after the client has paid (checks that need the payer wait for it).
     fn prepare<'a>(
         &'a self,
         path: &'a str,
         body: &'a [u8],
-        payer: Address,
+        payer: Option<Address>,
     ) -> futures::future::BoxFuture<'a, Result<Extensions, Response>>;
 }
 
@@ -107,6 +109,8 @@ pub struct Paywall {
 pub struct PublicUrl {
     base: String,
     authority: String,
+    host: String,
+    origin: String,
 }
 
 impl PublicUrl {
@@ -125,6 +129,8 @@ impl PublicUrl {
         Ok(PublicUrl {
             base: u.as_str().trim_end_matches('/').to_owned(),
             authority,
+            host: host.to_owned(),
+            origin: u.origin().ascii_serialization(),
         })
     }
 
@@ -136,6 +142,16 @@ impl PublicUrl {
     /// `host[:port]` (`dial.example`): the SIWE `domain` (EIP-4361: an RFC 3986 authority).
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    /// The host alone (`dial.example`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The RFC 6454 origin (`https://dial.example`), as a browser's `Origin` header names it.
+    pub fn origin(&self) -> String {
+        self.origin.clone()
     }
 }
 
@@ -342,14 +358,20 @@ impl Paywall {
         execute: E,
     ) -> Response
     where
-        P: FnOnce(Address) -> PF,
+        P: FnOnce(Option<Address>) -> PF,
         PF: Future<Output = Result<Extensions, Response>>,
         E: FnOnce(Paid, Extensions) -> EF,
         EF: Future<Output = Response>,
     {
         let offered = match self.read_payment(parts, path, price) {
             Ok(Some(o)) => o,
-            Ok(None) => return self.answer_402(parts, path, price, None, None),
+            // Validation before the offer: a bad request is refused, never priced.
+            Ok(None) => {
+                return match prepare(None).await {
+                    Ok(_) => self.answer_402(parts, path, price, None, None),
+                    Err(response) => response,
+                };
+            }
             Err(message) => return self.answer_402(parts, path, price, Some(message), None),
         };
         let payer = offered.payer;
@@ -376,7 +398,7 @@ impl Paywall {
                 Replay::SettleAgain(id) => Some(id),
             },
         };
-        let extensions = match prepare(payer).await {
+        let extensions = match prepare(Some(payer)).await {
             Ok(e) => e,
             Err(response) => {
                 if let Some(id) = retry_of {

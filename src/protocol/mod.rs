@@ -11,6 +11,14 @@ pub mod request;
 pub mod wire;
 
 pub use codec::{HeaderDecodeError, decode_header, encode_header};
+
+/// The `_meta` keys of the x402 MCP transport.
+pub mod mcp {
+    /// On a tool call: the PaymentPayload (the object, not base64).
+    pub const PAYMENT: &str = "x402/payment";
+    /// On a tool result: the settlement receipt (SettleResponse).
+    pub const PAYMENT_RESPONSE: &str = "x402/payment-response";
+}
 pub use primitives::{AtomicAmount, ChainId, TransferMethod, X402Version};
 pub use reason::Reason;
 pub use request::{

@@ -299,6 +299,20 @@ impl Harness {
         self.chain.balance_of(self.chain.usdc, who).await.unwrap()
     }
 
+    /// `AuthorizationUsed` logs of a payer on the test USDC, on the chain as it is now.
+    pub async fn authorizations_used(&self, payer: Address) -> usize {
+        use alloy::providers::Provider;
+        use alloy::sol_types::SolEvent;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(self.chain.usdc)
+            .event_signature(
+                x402d::chain::bindings::IEip3009Token::AuthorizationUsed::SIGNATURE_HASH,
+            )
+            .topic1(B256::left_padding_from(payer.as_slice()))
+            .from_block(0);
+        self.chain.provider().get_logs(&filter).await.unwrap().len()
+    }
+
     /// Fresh payers, each holding exactly `amount`.
     pub async fn funded_payers(&self, n: usize, amount: u64) -> Vec<PrivateKeySigner> {
         // One mint at a time: concurrent sends from the funder sometimes left a mint in anvil's
