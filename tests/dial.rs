@@ -1439,3 +1439,80 @@ async fn mcp_send_sms_is_paid_in_meta_and_receipted() {
     assert_eq!(h.authorizations_used(payer.address()).await, 2);
     assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 2);
 }
+
+/// A settlement that has not landed is never answered with the tool's output: the result is the
+/// 402 with the pending receipt in `_meta`, nothing is sent; the same payment, once mined, gets
+/// the output, and the money moved once.
+#[tokio::test]
+async fn mcp_gives_no_tool_output_until_the_payment_settles() {
+    use alloy::providers::ext::AnvilApi;
+    let h = Harness::start_with(HarnessOptions {
+        dial: Some(MCP_HOSTS.into()),
+        settlement: "settle_timeout_seconds = 1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let payer = h.funded_payer(1_000_000).await;
+    let before = h.usdc_balance(h.pay_to).await;
+    let client = mcp_client(&h).await;
+    let arguments = json!({"to": "+14155550100", "message": "after settlement only"});
+    let unpaid = call_tool(&client, "send_sms", arguments.clone()).await;
+    let required: PaymentRequiredV2 =
+        serde_json::from_value(unpaid["structuredContent"].clone()).unwrap();
+    let request = PayRequest {
+        method: reqwest::Method::POST,
+        url: String::new(),
+        body: None,
+        headers: vec![],
+        network: None,
+        asset: None,
+        max_amount: "0.10".into(),
+        force_v1: false,
+        scheme: Some("exact".into()),
+    };
+    let signed =
+        x402d::client::choose_and_sign(&payer, &request, required.accepts, None, false).unwrap();
+    let paid_call = |payload: Value| {
+        let mut params = rmcp::model::CallToolRequestParams::new("send_sms");
+        params.arguments = arguments.as_object().cloned();
+        let mut meta = rmcp::model::MetaObject::new();
+        meta.insert("x402/payment".into(), payload);
+        params.meta = Some(rmcp::model::RequestMetaObject(meta));
+        let client = &client;
+        async move { serde_json::to_value(client.call_tool(params).await.unwrap()).unwrap() }
+    };
+
+    h.chain.provider().anvil_set_auto_mine(false).await.unwrap();
+    let pending = paid_call(signed.payload.clone()).await;
+    assert_eq!(pending["isError"], true, "{pending}");
+    assert_eq!(
+        pending["structuredContent"]["error"], "settlement_pending",
+        "{pending}"
+    );
+    assert!(
+        pending["structuredContent"].get("messageId").is_none(),
+        "{pending}"
+    );
+    let receipt = &pending["_meta"]["x402/payment-response"];
+    assert_eq!(receipt["success"], false, "{pending}");
+    assert_eq!(
+        receipt["transaction"].as_str().unwrap().len(),
+        66,
+        "{pending}"
+    );
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 0);
+
+    h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
+    h.chain.provider().anvil_mine(Some(1), None).await.unwrap();
+    let done = paid_call(signed.payload).await;
+    assert_ne!(done["isError"], true, "{done}");
+    assert_eq!(done["structuredContent"]["success"], true, "{done}");
+    assert_eq!(done["_meta"]["x402/payment-response"]["success"], true);
+    assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_messages").await, 1);
+    assert_eq!(h.authorizations_used(payer.address()).await, 1);
+    assert_eq!(
+        h.usdc_balance(h.pay_to).await - before,
+        U256::from(SMS_PRICE)
+    );
+}
