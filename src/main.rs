@@ -228,6 +228,23 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// What `x402d pay` paid and the settlement receipt, on stderr.
+fn report_payment(
+    paid: Option<&x402d::protocol::wire::RequirementsV2>,
+    receipt: Option<&x402d::protocol::wire::SettleResponse>,
+) -> anyhow::Result<()> {
+    if let Some(offer) = paid {
+        eprintln!(
+            "paid {} (atomic) of {} on {} to {}",
+            offer.amount, offer.asset, offer.network, offer.pay_to
+        );
+    }
+    if let Some(receipt) = receipt {
+        eprintln!("receipt: {}", serde_json::to_string(receipt)?);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -398,15 +415,7 @@ async fn main() -> anyhow::Result<()> {
                 let outcome =
                     x402d::client::pay_mcp(&signer, &request.url, &tool, arguments, &request)
                         .await?;
-                if let Some(offer) = &outcome.paid {
-                    eprintln!(
-                        "paid {} (atomic) of {} on {} to {}",
-                        offer.amount, offer.asset, offer.network, offer.pay_to
-                    );
-                }
-                if let Some(receipt) = &outcome.receipt {
-                    eprintln!("receipt: {}", serde_json::to_string(receipt)?);
-                }
+                report_payment(outcome.paid.as_ref(), outcome.receipt.as_ref())?;
                 println!("{}", serde_json::to_string(&outcome.result)?);
                 if outcome.result["isError"] == true {
                     std::process::exit(1);
@@ -415,15 +424,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let outcome = x402d::client::pay(&reqwest::Client::new(), &signer, &request).await?;
             eprintln!("HTTP {}", outcome.status);
-            if let Some(offer) = &outcome.paid {
-                eprintln!(
-                    "paid {} (atomic) of {} on {} to {}",
-                    offer.amount, offer.asset, offer.network, offer.pay_to
-                );
-            }
-            if let Some(receipt) = &outcome.receipt {
-                eprintln!("receipt: {}", serde_json::to_string(receipt)?);
-            }
+            report_payment(outcome.paid.as_ref(), outcome.receipt.as_ref())?;
             println!("{}", outcome.body);
             if outcome.status >= 400 {
                 std::process::exit(1);
