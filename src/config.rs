@@ -106,6 +106,45 @@ pub struct DialConfig {
     /// Empty: the origin of `public_url` only. Requests without `Origin` (agents) always pass.
     #[serde(default)]
     pub mcp_allowed_origins: Vec<String>,
+    /// The wallet refunds are paid from (its key, `$VAR`): USDC back to a payer whose paid work
+    /// was not delivered. Unset: owed refunds are listed for the operator and never lost.
+    #[serde(default)]
+    pub refund_private_key: Option<Secret>,
+    /// Seconds a number stays in `grace` after its paid month before it is released.
+    #[serde(default = "default_grace")]
+    pub number_grace_seconds: u64,
+    /// Seconds a verification rental waits for its code; none received: refunded.
+    #[serde(default = "default_verification_window")]
+    pub verification_window_seconds: u64,
+    /// Addresses (or CIDR ranges) webhooks may reach although private, loopback or link-local:
+    /// nothing else private is ever called (no request forgery through a webhook URL).
+    #[serde(default)]
+    pub webhook_allow_private: Vec<String>,
+    /// The first retry of a failed webhook delivery waits this long, doubling up to an hour.
+    #[serde(default = "default_webhook_retry_ms")]
+    pub webhook_retry_base_ms: u64,
+    /// A webhook URL failing for this long is disabled (the owner sees it in `numbers/mine`).
+    #[serde(default = "default_webhook_disable")]
+    pub webhook_disable_after_seconds: u64,
+    /// How often the background work runs: deliveries, expiry, releases, refunds.
+    #[serde(default = "default_jobs_interval_ms")]
+    pub jobs_interval_ms: u64,
+}
+
+fn default_grace() -> u64 {
+    7 * 24 * 3600
+}
+fn default_verification_window() -> u64 {
+    15 * 60
+}
+fn default_webhook_retry_ms() -> u64 {
+    5_000
+}
+fn default_webhook_disable() -> u64 {
+    24 * 3600
+}
+fn default_jobs_interval_ms() -> u64 {
+    1_000
 }
 
 /// Route prices in dollars, as decimal strings (`"0.01"`).

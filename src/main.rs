@@ -116,6 +116,25 @@ enum Command {
         #[arg(long, default_value = "{}")]
         args: String,
     },
+    /// Text one of Dial's numbers through the sandbox provider, as a carrier would deliver it
+    /// (`x402d dev` runs the sandbox): it lands in `numbers/mine/messages`, the number's webhook
+    /// and, on a verification number, as the code.
+    Text {
+        /// The Dial number receiving the text (E.164).
+        #[arg(long)]
+        to: String,
+        /// Who sends it: a number, short code or sender id.
+        #[arg(long, default_value = "+14155550123")]
+        from: String,
+        /// Dial's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:3721")]
+        dial_url: String,
+        /// The provider message id (the same id twice is one message).
+        #[arg(long)]
+        id: Option<String>,
+        /// The text.
+        body: String,
+    },
     /// Apply the ledger migrations (also done at start-up) and exit.
     Migrate {
         #[arg(long, short, default_value = "x402d.toml")]
@@ -359,6 +378,30 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let points = x402d::dev::bench::gas_per_batch(&sizes, method).await?;
             println!("{}", serde_json::to_string_pretty(&points)?);
+        }
+        Command::Text {
+            to,
+            from,
+            dial_url,
+            id,
+            body,
+        } => {
+            let url = format!(
+                "{}{}",
+                dial_url.trim_end_matches('/'),
+                x402d::merchant::inbound::SANDBOX_PATH
+            );
+            let response = reqwest::Client::new()
+                .post(&url)
+                .json(&serde_json::json!({"to": to, "from": from, "body": body, "id": id}))
+                .send()
+                .await
+                .with_context(|| format!("POST {url}"))?;
+            let status = response.status();
+            println!("{}", response.text().await.unwrap_or_default());
+            if !status.is_success() {
+                anyhow::bail!("Dial answered {status}");
+            }
         }
         Command::Pay {
             url,

@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use alloy::primitives::U256;
 use alloy::providers::ext::AnvilApi;
 use common::*;
@@ -27,88 +24,6 @@ macro_rules! on_both_backends {
             }
         }
     };
-}
-
-/// x402d running as its own process.
-struct Service {
-    child: Child,
-    url: String,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Service {
-    async fn start(h: &Harness, settlement: &str) -> Service {
-        Service::start_with(h, settlement, "").await
-    }
-
-    /// With extra `[networks.fees]` keys.
-    async fn start_with(h: &Harness, settlement: &str, fees: &str) -> Service {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let text = h
-            .config_text
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-            .replace("[settlement]", &format!("[settlement]\n{settlement}"))
-            .replace("[networks.fees]", &format!("[networks.fees]\n{fees}"));
-        let config = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(config.path(), text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_x402d"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config.path())
-            .envs(h.config_env())
-            .env("X402D_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if reqwest::get(format!("{url}/health"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
-                return Service {
-                    child,
-                    url,
-                    _config: config,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut child = child;
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("x402d did not come up");
-    }
-
-    /// SIGKILL: no shutdown hook runs, exactly like a crash.
-    fn kill_9(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-
-    async fn settle(&self, body: &Value) -> Value {
-        let r = reqwest::Client::new()
-            .post(format!("{}/settle", self.url))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
-    }
-}
-
-/// A failing assertion must not leave an x402d process behind holding the anvil chain.
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Four gas wallets: every kill leaves several lanes with work of their own.

@@ -92,6 +92,50 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
     assert!(receipt.success);
     assert_eq!(receipt.network, "eip155:84532");
 
+    // The receive flow of the README: rent a verification number, `x402d text` it, read the code.
+    let out = pay(
+        &http,
+        &payer,
+        &PayRequest {
+            method: reqwest::Method::POST,
+            url: format!("{merchant}/api/v1/verifications/start"),
+            body: Some(r#"{"service":"acme"}"#.into()),
+            headers: Vec::new(),
+            network: None,
+            asset: None,
+            max_amount: "3".into(),
+            force_v1: false,
+            scheme: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    let rented: Value = serde_json::from_str(&out.body).unwrap();
+    let texted = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["text", "--dial-url", merchant, "--to"])
+        .arg(rented["phoneNumber"].as_str().unwrap())
+        .arg("Your acme code is 482913")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        texted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&texted.stderr)
+    );
+    let code: Value = http
+        .get(rented["codeUrl"].as_str().unwrap().to_owned() + "?wait=5")
+        .bearer_auth(rented["readToken"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(code["code"], "482913", "{code}");
+    assert!(env["refund_wallet"].is_string());
+
     // SIGTERM: the process exits cleanly and its anvil is gone.
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")

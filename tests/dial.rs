@@ -868,6 +868,11 @@ mod twilio {
     struct Fake {
         posts: Arc<Mutex<Vec<(String, String)>>>,
         fail: bool,
+        /// Numbers released (DELETE IncomingPhoneNumbers/{sid}).
+        deletes: Arc<Mutex<Vec<String>>>,
+        /// An anvil RPC URL: a failed send first stops its automine (so the refund that follows
+        /// waits in the pool).
+        pause_chain: Arc<Mutex<Option<String>>>,
     }
 
     const SID: &str = "ACtest0000";
@@ -890,6 +895,15 @@ mod twilio {
                         return (StatusCode::UNAUTHORIZED, axum::Json(json!({"code": 20003, "message": "Authenticate"})));
                     }
                     if f.fail {
+                        let rpc = f.pause_chain.lock().unwrap().clone();
+                        if let Some(rpc) = rpc {
+                            reqwest::Client::new()
+                                .post(rpc)
+                                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "evm_setAutomine", "params": [false]}))
+                                .send()
+                                .await
+                                .unwrap();
+                        }
                         return (StatusCode::BAD_REQUEST, axum::Json(json!({"code": 21610, "message": "Attempt to send to unsubscribed recipient"})));
                     }
                     f.posts.lock().unwrap().push(("message".into(), body));
@@ -910,6 +924,14 @@ mod twilio {
                     assert!(authorized(&headers));
                     f.posts.lock().unwrap().push(("number".into(), body));
                     (StatusCode::CREATED, axum::Json(json!({"sid": "PN0123456789", "phone_number": "+447700900123"})))
+                }),
+            )
+            .route(
+                "/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers/{number}",
+                axum::routing::delete(|State(f): State<Fake>, headers: HeaderMap, Path((_, number)): Path<(String, String)>| async move {
+                    assert!(authorized(&headers));
+                    f.deletes.lock().unwrap().push(number);
+                    StatusCode::NO_CONTENT
                 }),
             )
             .with_state(fake);
@@ -984,6 +1006,291 @@ mod twilio {
             receipt_status(&h).await,
             vec![("fulfillment_failed".to_owned(), Some(receipt.transaction))]
         );
+        assert_eq!(body["refund"]["status"], "owed", "{body}");
+    }
+
+    /// Twilio's form fields signed as Twilio does: HMAC-SHA1 over the URL and the sorted
+    /// name+value pairs, base64.
+    fn twilio_sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
+        use base64::Engine;
+        use hmac::{KeyInit, Mac};
+        let mut sorted = params.to_vec();
+        sorted.sort();
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+        mac.update(url.as_bytes());
+        for (k, v) in sorted {
+            mac.update(k.as_bytes());
+            mac.update(v.as_bytes());
+        }
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    }
+
+    async fn post_inbound(
+        h: &Harness,
+        params: &[(&str, &str)],
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let mut r = h
+            .http
+            .post(format!("{}/api/v1/inbound/twilio", h.url()))
+            .form(params);
+        if let Some(s) = signature {
+            r = r.header("X-Twilio-Signature", s);
+        }
+        let r = r.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn inbound_is_signature_checked_and_numbers_go_grace_then_released_once() {
+        let fake = Fake::default();
+        let url = start(fake.clone()).await;
+        let h = dial_harness(&format!(
+            "rate_limit_per_minute = 100000\n{}",
+            provider(&url)
+        ))
+        .await;
+        let payer = h.funded_payer(300_000_000).await;
+        let bought = super::receive::buy_number(
+            &h,
+            &payer,
+            "/api/v1/numbers/buy/intl",
+            json!({"country": "GB"}),
+        )
+        .await;
+        let phone = bought["phoneNumber"].as_str().unwrap().to_owned();
+        let token = login(&h, &payer).await;
+        let inbound_url = format!("{DIAL_PUBLIC_URL}/api/v1/inbound/twilio");
+        let params = [
+            ("MessageSid", "SM9f0e0000000000000000000000000001"),
+            ("AccountSid", SID),
+            ("From", "+14155550100"),
+            ("To", phone.as_str()),
+            ("Body", "Your code is 7731"),
+            ("NumSegments", "1"),
+        ];
+        let good = twilio_sign(TOKEN, &inbound_url, &params);
+        // Refused, and nothing recorded: no signature, another account's, a tampered body.
+        assert_eq!(post_inbound(&h, &params, None).await.0, 403);
+        assert_eq!(
+            post_inbound(
+                &h,
+                &params,
+                Some(&twilio_sign("other-token", &inbound_url, &params))
+            )
+            .await
+            .0,
+            403
+        );
+        let mut tampered = params;
+        tampered[4] = ("Body", "Your code is 0000");
+        assert_eq!(post_inbound(&h, &tampered, Some(&good)).await.0, 403);
+        assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_inbound").await, 0);
+        // Signed: stored once, however often Twilio retries it.
+        for _ in 0..2 {
+            let (status, twiml) = post_inbound(&h, &params, Some(&good)).await;
+            assert_eq!(status, 200, "{twiml}");
+            assert!(twiml.contains("<Response>"), "{twiml}");
+        }
+        let (_, inbox) = get_with_token(&h, "/api/v1/numbers/mine/messages", &token).await;
+        let messages = inbox["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1, "{inbox}");
+        assert_eq!(messages[0]["body"], "Your code is 7731");
+        assert_eq!(messages[0]["from"], "+14155550100");
+
+        // The month passes: grace; renewing in grace extends it and makes it active again.
+        let dial = super::receive::dial(&h);
+        let month = 30 * 24 * 3600 * 1000i64;
+        let grace = 7 * 24 * 3600 * 1000i64;
+        let expires = |mine: &Value| {
+            time::OffsetDateTime::parse(
+                mine["numbers"][0]["expiresAt"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+            .unix_timestamp()
+                * 1000
+        };
+        let (_, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+        assert_eq!(mine["numbers"][0]["status"], "active");
+        let first_expiry = expires(&mine);
+        dial.run_due(first_expiry + 1_000).await;
+        let (_, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+        assert_eq!(mine["numbers"][0]["status"], "grace", "{mine}");
+        let renew = PayRequest {
+            url: format!("{}/api/v1/numbers/mine/renew", h.url()),
+            body: Some(json!({"phoneNumber": phone}).to_string()),
+            max_amount: "60".into(),
+            ..sms_request(&h, "+14155550100")
+        };
+        let out = pay(&h.http, &payer, &renew).await.unwrap();
+        assert_eq!(out.status, 200, "{}", out.body);
+        let (_, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+        assert_eq!(mine["numbers"][0]["status"], "active");
+        let second_expiry = expires(&mine);
+        assert_eq!(second_expiry, first_expiry + month);
+        // Past the month and the grace: released at Twilio once, however often the sweep runs.
+        dial.run_due(second_expiry + grace - 1_000).await;
+        assert!(fake.deletes.lock().unwrap().is_empty());
+        for later in [0, 1_000, 600_000] {
+            dial.run_due(second_expiry + grace + 1_000 + later).await;
+        }
+        assert_eq!(
+            *fake.deletes.lock().unwrap(),
+            vec!["PN0123456789.json".to_owned()]
+        );
+        let (_, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+        assert_eq!(mine["numbers"][0]["status"], "released", "{mine}");
+        // A released number cannot be renewed (before any payment) and its texts are not yours.
+        let r = h
+            .http
+            .post(format!("{}/api/v1/numbers/mine/renew", h.url()))
+            .json(&json!({"phoneNumber": phone}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 410);
+        let later = [
+            ("MessageSid", "SM9f0e0000000000000000000000000002"),
+            ("From", "+14155550100"),
+            ("To", phone.as_str()),
+            ("Body", "after"),
+        ];
+        assert_eq!(
+            post_inbound(&h, &later, Some(&twilio_sign(TOKEN, &inbound_url, &later)))
+                .await
+                .0,
+            200
+        );
+        let (_, inbox) = get_with_token(&h, "/api/v1/numbers/mine/messages", &token).await;
+        assert_eq!(inbox["messages"].as_array().unwrap().len(), 1);
+    }
+
+    /// A provider failure after payment is refunded on chain from the refund wallet, exactly
+    /// once, although x402d is killed (-9) while the refund waits in the pool and the pool is
+    /// then lost: the stored transaction is sent again, never a second one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_provider_failure_is_refunded_once_across_kill_9_on_sqlite() {
+        refunded_once_across_kill_9(Backend::Sqlite).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_provider_failure_is_refunded_once_across_kill_9_on_postgres() {
+        refunded_once_across_kill_9(Backend::Postgres).await
+    }
+
+    async fn refunded_once_across_kill_9(backend: Backend) {
+        use alloy::providers::ext::AnvilApi;
+        let fake = Fake {
+            fail: true,
+            ..Default::default()
+        };
+        let url = start(fake.clone()).await;
+        let wallet = PrivateKeySigner::random();
+        let h = Harness::start_with(HarnessOptions {
+            backend,
+            in_process: false,
+            dial: Some(format!(
+                "jobs_interval_ms = 200\n{}\n{}",
+                super::receive::refund_key_line(&wallet),
+                provider(&url)
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        *fake.pause_chain.lock().unwrap() = Some(h.chain.rpc_url());
+        super::receive::fund_refund_wallet(&h, &wallet, 5_000_000).await;
+        let payer = h.funded_payer(1_000_000).await;
+        let service = Service::start(&h, "").await;
+        let send = PayRequest {
+            method: reqwest::Method::POST,
+            url: format!("{}/api/v1/sms/send", service.url),
+            body: Some(json!({"to": "+14155550100", "message": "hello from x402"}).to_string()),
+            headers: Vec::new(),
+            network: None,
+            asset: None,
+            max_amount: "1".into(),
+            force_v1: false,
+            scheme: None,
+        };
+        let out = pay(&h.http, &payer, &send).await.unwrap();
+        assert_eq!(out.status, 502, "{}", out.body);
+        let body: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(body["refund"]["status"], "owed", "{body}");
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(1_000_000 - SMS_PRICE)
+        );
+        // The refund is signed and broadcast; automine is off, so it waits in the pool.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while count(
+            &h,
+            "SELECT COUNT(*) FROM dial_refunds WHERE status = 'signed'",
+        )
+        .await
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the refund was never signed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        service.kill_9();
+        h.chain
+            .provider()
+            .anvil_drop_all_transactions()
+            .await
+            .unwrap();
+        h.chain.provider().anvil_set_auto_mine(true).await.unwrap();
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(1_000_000 - SMS_PRICE)
+        );
+        let service = Service::start(&h, "").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while count(
+            &h,
+            "SELECT COUNT(*) FROM dial_refunds WHERE status = 'confirmed'",
+        )
+        .await
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the refund never landed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(1_000_000u64)
+        );
+        assert_eq!(
+            super::receive::transfers(&h, wallet.address(), payer.address()).await,
+            1
+        );
+        assert_eq!(
+            h.usdc_balance(wallet.address()).await,
+            U256::from(5_000_000 - SMS_PRICE)
+        );
+        let metrics = h
+            .http
+            .get(format!("{}/metrics", service.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("x402d_dial_refunds_paid_total 1"),
+            "{metrics}"
+        );
+        drop(service);
     }
 }
 
@@ -1270,6 +1577,8 @@ async fn mcp_lists_the_tools_offers_unpaid_calls_and_refuses_bad_input_for_free(
             "buy_number_us",
             "discovery",
             "esim_checkout",
+            "get_verification",
+            "read_messages",
             "send_sms",
             "start_verification"
         ]
@@ -1515,4 +1824,645 @@ async fn mcp_gives_no_tool_output_until_the_payment_settles() {
         h.usdc_balance(h.pay_to).await - before,
         U256::from(SMS_PRICE)
     );
+}
+
+mod receive {
+    //! Texts that arrive: the sandbox carrier, the owner's inbox, verification codes, owner
+    //! webhooks, the number's lifecycle and refunds paid on chain.
+    use super::*;
+    use axum::http::HeaderMap;
+    use std::sync::{Arc, Mutex};
+
+    const NUMBER_PRICE: u64 = 100_000_000; // $100
+    const VERIFICATION_PRICE: u64 = 2_250_000; // $2.25
+
+    pub(super) async fn harness_with(backend: Backend, extra: &str) -> Harness {
+        Harness::start_with(HarnessOptions {
+            backend,
+            dial: Some(format!("rate_limit_per_minute = 100000\n{extra}")),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    pub(super) fn dial(h: &Harness) -> &x402d::merchant::Dial {
+        h.server.as_ref().unwrap().dial.as_ref().unwrap()
+    }
+
+    pub(super) async fn buy_number(
+        h: &Harness,
+        payer: &PrivateKeySigner,
+        path: &str,
+        body: Value,
+    ) -> Value {
+        let buy = PayRequest {
+            url: format!("{}{path}", h.url()),
+            body: Some(body.to_string()),
+            max_amount: "100".into(),
+            ..sms_request(h, "+14155550100")
+        };
+        let out = pay(&h.http, payer, &buy).await.unwrap();
+        assert_eq!(out.status, 200, "{}", out.body);
+        serde_json::from_str(&out.body).unwrap()
+    }
+
+    pub(super) async fn text(h: &Harness, to: &str, id: &str, body: &str) -> (u16, Value) {
+        h.post(
+            "/api/v1/dev/inbound",
+            json!({"to": to, "from": "+14155550123", "body": body, "id": id}).to_string(),
+        )
+        .await
+    }
+
+    /// USDC `Transfer` logs from `from` to `to`.
+    pub(super) async fn transfers(h: &Harness, from: Address, to: Address) -> usize {
+        use alloy::primitives::B256;
+        use alloy::providers::Provider;
+        use alloy::sol_types::SolEvent;
+        let filter = alloy::rpc::types::Filter::new()
+            .address(h.chain.usdc)
+            .event_signature(x402d::chain::bindings::IEip3009Token::Transfer::SIGNATURE_HASH)
+            .topic1(B256::left_padding_from(from.as_slice()))
+            .topic2(B256::left_padding_from(to.as_slice()))
+            .from_block(0);
+        h.chain.provider().get_logs(&filter).await.unwrap().len()
+    }
+
+    /// A wallet refunds are paid from, holding `usdc` and gas.
+    pub(super) async fn fund_refund_wallet(h: &Harness, wallet: &PrivateKeySigner, usdc: u64) {
+        h.chain
+            .mint(h.chain.usdc, wallet.address(), U256::from(usdc))
+            .await
+            .unwrap();
+        h.chain
+            .fund_eth(wallet.address(), U256::from(10u128.pow(18)))
+            .await
+            .unwrap();
+    }
+
+    pub(super) fn refund_key_line(wallet: &PrivateKeySigner) -> String {
+        format!(
+            "refund_private_key = \"0x{}\"",
+            alloy::hex::encode(wallet.to_bytes())
+        )
+    }
+
+    async fn inbox_pages_codes_and_walls(backend: Backend) {
+        let h = harness_with(backend, "").await;
+        let payer = h.funded_payer(200_000_000).await;
+        let bought = buy_number(&h, &payer, "/api/v1/numbers/buy/us", json!({})).await;
+        let phone = bought["phoneNumber"].as_str().unwrap().to_owned();
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(200_000_000 - NUMBER_PRICE)
+        );
+        let token = login(&h, &payer).await;
+
+        // 250 texts arrive; the carrier delivering one of them twice records it once.
+        for i in 0..250 {
+            let (status, answer) =
+                text(&h, &phone, &format!("SM{i:04}"), &format!("text {i}")).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["deliveredTo"], "number");
+        }
+        let (status, again) = text(&h, &phone, "SM0007", "text 7").await;
+        assert_eq!(
+            (status, again["deliveredTo"].as_str()),
+            (200, Some("duplicate"))
+        );
+        assert_eq!(count(&h, "SELECT COUNT(*) FROM dial_inbound").await, 250);
+
+        // Pages of 100 in arrival order; the cursor continues exactly after the last one.
+        let mut bodies = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = Vec::new();
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/api/v1/numbers/mine/messages?limit=100&cursor={c}"),
+                None => "/api/v1/numbers/mine/messages?limit=100".to_owned(),
+            };
+            let (status, page) = get_with_token(&h, &path, &token).await;
+            assert_eq!(status, 200, "{page}");
+            let messages = page["messages"].as_array().unwrap();
+            pages.push(messages.len());
+            bodies.extend(
+                messages
+                    .iter()
+                    .map(|m| m["body"].as_str().unwrap().to_owned()),
+            );
+            assert!(messages.iter().all(|m| m["phoneNumber"] == phone.as_str()));
+            match page["nextCursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(pages, vec![100, 100, 50]);
+        assert_eq!(
+            bodies,
+            (0..250).map(|i| format!("text {i}")).collect::<Vec<_>>()
+        );
+        let (_, filtered) = get_with_token(
+            &h,
+            &format!(
+                "/api/v1/numbers/mine/messages?number={}&limit=5",
+                phone.replace('+', "%2B")
+            ),
+            &token,
+        )
+        .await;
+        assert_eq!(filtered["messages"].as_array().unwrap().len(), 5);
+        let (_, later) = get_with_token(
+            &h,
+            "/api/v1/numbers/mine/messages?since=2999-01-01T00:00:00Z",
+            &token,
+        )
+        .await;
+        assert_eq!(later["messages"].as_array().unwrap().len(), 0);
+        for bad in [
+            "cursor=zz",
+            "limit=0",
+            "limit=101",
+            "since=yesterday",
+            "number=12",
+        ] {
+            let (status, answer) =
+                get_with_token(&h, &format!("/api/v1/numbers/mine/messages?{bad}"), &token).await;
+            assert_eq!(status, 400, "{bad}: {answer}");
+        }
+
+        // Another wallet sees none of it, and asking for the number by name is refused.
+        let other = PrivateKeySigner::random();
+        let other_token = login(&h, &other).await;
+        let (status, theirs) =
+            get_with_token(&h, "/api/v1/numbers/mine/messages", &other_token).await;
+        assert_eq!(status, 200);
+        assert_eq!(theirs["messages"].as_array().unwrap().len(), 0);
+        let (status, _) = get_with_token(
+            &h,
+            &format!(
+                "/api/v1/numbers/mine/messages?number={}",
+                phone.replace('+', "%2B")
+            ),
+            &other_token,
+        )
+        .await;
+        assert_eq!(status, 403);
+        let r = h
+            .http
+            .get(format!("{}/api/v1/numbers/mine/messages", h.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+
+        // A verification rental: the paid answer carries a read token; a long poll returns
+        // when the text arrives (sent with `x402d text`), with the code read from it.
+        let rental = PayRequest {
+            url: format!("{}/api/v1/verifications/start", h.url()),
+            body: Some(json!({"service": "Google"}).to_string()),
+            max_amount: "5".into(),
+            ..sms_request(&h, "+14155550100")
+        };
+        let out = pay(&h.http, &payer, &rental).await.unwrap();
+        assert_eq!(out.status, 200, "{}", out.body);
+        let rented: Value = serde_json::from_str(&out.body).unwrap();
+        let id = rented["verificationId"].as_str().unwrap().to_owned();
+        let read_token = rented["readToken"].as_str().unwrap().to_owned();
+        let rented_number = rented["phoneNumber"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/verifications/{id}");
+        let (status, waiting) = get_with_token(&h, &path, &read_token).await;
+        assert_eq!(
+            (status, waiting["status"].as_str()),
+            (200, Some("waiting")),
+            "{waiting}"
+        );
+        assert!(waiting["code"].is_null());
+        let poll = {
+            let (http, url, t) = (
+                h.http.clone(),
+                format!("{}{path}?wait=25", h.url()),
+                read_token.clone(),
+            );
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let v: Value = http
+                    .get(url)
+                    .bearer_auth(t)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (v, started.elapsed())
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+            .args([
+                "text",
+                "--dial-url",
+                &h.url(),
+                "--to",
+                &rented_number,
+                "--from",
+                "Google",
+            ])
+            .arg("G-482913 is your Google verification code.")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            cli.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cli.stderr)
+        );
+        assert!(String::from_utf8_lossy(&cli.stdout).contains("\"deliveredTo\":\"verification\""));
+        let (received, waited) = poll.await.unwrap();
+        assert_eq!(received["status"], "received", "{received}");
+        assert_eq!(received["code"], "482913");
+        assert_eq!(
+            received["text"],
+            "G-482913 is your Google verification code."
+        );
+        assert!(
+            waited < std::time::Duration::from_secs(20),
+            "the long poll waited {waited:?}"
+        );
+        // The payer's SIWE session reads it too; nobody else does.
+        let (status, by_session) = get_with_token(&h, &path, &token).await;
+        assert_eq!((status, by_session["code"].as_str()), (200, Some("482913")));
+        let (status, _) = get_with_token(&h, &path, &other_token).await;
+        assert_eq!(status, 403);
+        let (status, _) = get_with_token(&h, &path, "dial_0000").await;
+        assert_eq!(status, 401);
+        let (status, _) = get_with_token(&h, "/api/v1/verifications/ver_nope", &read_token).await;
+        assert_eq!(status, 404);
+        // A text to a number nobody holds is refused by the sandbox carrier.
+        let (status, _) = text(&h, "+15550009999", "SMx", "hello?").await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn inbox_pages_codes_and_walls_on_sqlite() {
+        inbox_pages_codes_and_walls(Backend::Sqlite).await
+    }
+
+    #[tokio::test]
+    async fn inbox_pages_codes_and_walls_on_postgres() {
+        inbox_pages_codes_and_walls(Backend::Postgres).await
+    }
+
+    /// A receiver that answers 500 to its first `failures` requests, then 200.
+    #[derive(Clone, Default)]
+    struct Receiver {
+        got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+        failures: usize,
+    }
+
+    async fn start_receiver(r: Receiver) -> String {
+        use axum::extract::State;
+        let app = axum::Router::new()
+            .route(
+                "/hook",
+                axum::routing::post(
+                    |State(r): State<Receiver>, headers: HeaderMap, body: String| async move {
+                        let mut got = r.got.lock().unwrap();
+                        got.push((headers, body));
+                        if got.len() <= r.failures {
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::OK
+                        }
+                    },
+                ),
+            )
+            .with_state(r);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    async fn put_webhook(h: &Harness, token: &str, phone: &str, url: Option<&str>) -> (u16, Value) {
+        let r = h
+            .http
+            .put(format!("{}/api/v1/numbers/mine/webhook", h.url()))
+            .bearer_auth(token)
+            .json(&json!({"phoneNumber": phone, "url": url}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn webhooks_are_signed_retried_recorded_and_never_reach_private_addresses() {
+        let h = harness_with(
+            Backend::Sqlite,
+            "webhook_allow_private = [\"127.0.0.1\"]\nwebhook_retry_base_ms = 200\njobs_interval_ms = 100",
+        )
+        .await;
+        let payer = h.funded_payer(200_000_000).await;
+        let phone =
+            buy_number(&h, &payer, "/api/v1/numbers/buy/us", json!({})).await["phoneNumber"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let token = login(&h, &payer).await;
+        for refused in [
+            "http://10.0.0.1/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]:8080/hook",
+            "http://192.168.1.10/",
+            "http://0.0.0.0:80/",
+            "ftp://example.com/",
+            "http://user:pw@127.0.0.1/hook",
+        ] {
+            let (status, answer) = put_webhook(&h, &token, &phone, Some(refused)).await;
+            assert_eq!(status, 400, "{refused}: {answer}");
+            assert_eq!(answer["error"], "webhook_url_refused", "{refused}");
+        }
+        let receiver = Receiver {
+            failures: 2,
+            ..Default::default()
+        };
+        let url = start_receiver(receiver.clone()).await;
+        let (status, _) = put_webhook(&h, &token, "+15550001111", Some(&url)).await;
+        assert_eq!(status, 403, "not the caller's number");
+        let (status, set) = put_webhook(&h, &token, &phone, Some(&url)).await;
+        assert_eq!(status, 200, "{set}");
+        let secret = set["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("whsec_"));
+        let (_, again) = put_webhook(&h, &token, &phone, Some(&url)).await;
+        assert!(
+            again.get("secret").is_none(),
+            "the secret is shown once: {again}"
+        );
+
+        let (status, _) = text(&h, &phone, "SMhook1", "ping 1234").await;
+        assert_eq!(status, 200);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while receiver.got.lock().unwrap().len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "three attempts never came"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        let got = receiver.got.lock().unwrap().clone();
+        assert_eq!(got.len(), 3, "delivered once, after two failures");
+        let ids: Vec<&str> = got
+            .iter()
+            .map(|(h, _)| h["x-dial-delivery"].to_str().unwrap())
+            .collect();
+        assert!(
+            ids.iter().all(|i| *i == ids[0]),
+            "one delivery id across retries"
+        );
+        let (headers, body) = &got[2];
+        let sig = headers["x-dial-signature"].to_str().unwrap();
+        let (t, v1) = sig.strip_prefix("t=").unwrap().split_once(",v1=").unwrap();
+        let t: i64 = t.parse().unwrap();
+        assert!((t - now() as i64).abs() < 300, "timestamp within 5 minutes");
+        {
+            use hmac::{KeyInit, Mac};
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(format!("{t}.{body}").as_bytes());
+            mac.verify_slice(&alloy::hex::decode(v1).unwrap())
+                .expect("a valid signature");
+        }
+        let delivered: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(delivered["type"], "message.received");
+        assert_eq!(delivered["data"]["body"], "ping 1234");
+        assert_eq!(delivered["data"]["phoneNumber"], phone.as_str());
+        let (_, deliveries) =
+            get_with_token(&h, "/api/v1/numbers/mine/webhook-deliveries", &token).await;
+        let d = &deliveries["deliveries"][0];
+        assert_eq!(d["status"], "delivered", "{deliveries}");
+        let statuses: Vec<i64> = d["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["httpStatus"].as_i64().unwrap())
+            .collect();
+        assert_eq!(statuses, vec![500, 500, 200]);
+
+        // A URL that fails for a day is disabled, and the owner is told in numbers/mine.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/hook", l.local_addr().unwrap())
+        };
+        let (status, _) = put_webhook(&h, &token, &phone, Some(&dead)).await;
+        assert_eq!(status, 200);
+        text(&h, &phone, "SMhook2", "ping 2").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+            if mine["numbers"][0]["webhook"]["status"] == "failing" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{mine}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let now_ms = x402d::clock::now_ms();
+        dial(&h).run_due(now_ms + 25 * 3600 * 1000).await;
+        let (_, mine) = get_with_token(&h, "/api/v1/numbers/mine", &token).await;
+        let hook = &mine["numbers"][0]["webhook"];
+        assert_eq!(hook["status"], "disabled", "{mine}");
+        assert!(hook["disabledAt"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_verification_that_never_gets_its_code_is_refunded_on_chain_once() {
+        let wallet = PrivateKeySigner::random();
+        let h = harness_with(Backend::Sqlite, &refund_key_line(&wallet)).await;
+        fund_refund_wallet(&h, &wallet, 10_000_000).await;
+        let payer = h.funded_payer(10_000_000).await;
+        let rental = PayRequest {
+            url: format!("{}/api/v1/verifications/start", h.url()),
+            body: Some(json!({"service": "acme"}).to_string()),
+            max_amount: "5".into(),
+            ..sms_request(&h, "+14155550100")
+        };
+        let out = pay(&h.http, &payer, &rental).await.unwrap();
+        assert_eq!(out.status, 200, "{}", out.body);
+        let rented: Value = serde_json::from_str(&out.body).unwrap();
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(10_000_000 - VERIFICATION_PRICE)
+        );
+        let path = format!(
+            "/api/v1/verifications/{}",
+            rented["verificationId"].as_str().unwrap()
+        );
+        let read_token = rented["readToken"].as_str().unwrap();
+        // The window passes (an injected clock: 16 minutes on) with no text.
+        let later = x402d::clock::now_ms() + 16 * 60 * 1000;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            dial(&h).run_due(later).await;
+            let (_, v) = get_with_token(&h, &path, read_token).await;
+            assert_eq!(v["status"], "expired", "{v}");
+            if v["refund"]["status"] == "confirmed" {
+                assert_eq!(v["refund"]["amount"], VERIFICATION_PRICE.to_string());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "refund never confirmed: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        for _ in 0..3 {
+            dial(&h).run_due(later + 60_000).await;
+        }
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(10_000_000u64)
+        );
+        assert_eq!(transfers(&h, wallet.address(), payer.address()).await, 1);
+        assert_eq!(
+            h.usdc_balance(wallet.address()).await,
+            U256::from(10_000_000 - VERIFICATION_PRICE)
+        );
+        let metrics = h
+            .http
+            .get(format!("{}/metrics", h.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("x402d_dial_refunds{status=\"confirmed\"} 1"),
+            "{metrics}"
+        );
+        // A code arriving after the window is not the rental's.
+        let (status, _) = text(
+            &h,
+            rented["phoneNumber"].as_str().unwrap(),
+            "SMlate",
+            "1234",
+        )
+        .await;
+        assert_eq!(status, 404);
+    }
+
+    /// The agents' way in: `read_messages` and `get_verification` are free MCP tools that
+    /// answer only the owner (the token as an argument).
+    #[tokio::test]
+    async fn mcp_agents_read_their_texts_and_codes() {
+        let h = harness_with(Backend::Sqlite, MCP_HOSTS).await;
+        let client = mcp_client(&h).await;
+        let payer = h.funded_payer(200_000_000).await;
+        let phone =
+            buy_number(&h, &payer, "/api/v1/numbers/buy/us", json!({})).await["phoneNumber"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        let token = login(&h, &payer).await;
+        text(&h, &phone, "SMmcp1", "hello agent").await;
+        let unauthorized = call_tool(&client, "read_messages", json!({})).await;
+        assert_eq!(unauthorized["isError"], true, "{unauthorized}");
+        assert_eq!(unauthorized["structuredContent"]["error"], "unauthorized");
+        let inbox = call_tool(
+            &client,
+            "read_messages",
+            json!({"token": token, "limit": 10}),
+        )
+        .await;
+        assert_eq!(inbox["isError"], false, "{inbox}");
+        assert_eq!(
+            inbox["structuredContent"]["messages"][0]["body"],
+            "hello agent"
+        );
+        let other = login(&h, &PrivateKeySigner::random()).await;
+        let refused = call_tool(
+            &client,
+            "read_messages",
+            json!({"token": other, "number": phone}),
+        )
+        .await;
+        assert_eq!(
+            refused["structuredContent"]["error"], "not_owner",
+            "{refused}"
+        );
+
+        let out = pay(
+            &h.http,
+            &payer,
+            &PayRequest {
+                url: format!("{}/api/v1/verifications/start", h.url()),
+                body: Some(json!({"service": "acme"}).to_string()),
+                max_amount: "5".into(),
+                ..sms_request(&h, "+14155550100")
+            },
+        )
+        .await
+        .unwrap();
+        let rented: Value = serde_json::from_str(&out.body).unwrap();
+        text(
+            &h,
+            rented["phoneNumber"].as_str().unwrap(),
+            "SMmcp2",
+            "acme: 5521 is your code",
+        )
+        .await;
+        let args = json!({"verificationId": rented["verificationId"], "token": rented["readToken"], "wait": 2});
+        let code = call_tool(&client, "get_verification", args).await;
+        assert_eq!(code["structuredContent"]["code"], "5521", "{code}");
+        let stranger = call_tool(
+            &client,
+            "get_verification",
+            json!({"verificationId": rented["verificationId"], "token": other}),
+        )
+        .await;
+        assert_eq!(
+            stranger["structuredContent"]["error"], "not_owner",
+            "{stranger}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_refund_wallet_owed_refunds_stay_listed() {
+        let h = harness_with(Backend::Sqlite, "verification_window_seconds = 60").await;
+        let payer = h.funded_payer(10_000_000).await;
+        let rental = PayRequest {
+            url: format!("{}/api/v1/verifications/start", h.url()),
+            body: Some(json!({"service": "acme"}).to_string()),
+            max_amount: "5".into(),
+            ..sms_request(&h, "+14155550100")
+        };
+        assert_eq!(pay(&h.http, &payer, &rental).await.unwrap().status, 200);
+        dial(&h).run_due(x402d::clock::now_ms() + 61_000).await;
+        dial(&h).run_due(x402d::clock::now_ms() + 62_000).await;
+        assert_eq!(
+            count(
+                &h,
+                "SELECT COUNT(*) FROM dial_refunds WHERE status = 'owed'"
+            )
+            .await,
+            1
+        );
+        let status: Value = h
+            .http
+            .get(format!("{}/status", h.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let owed = &status["dial"]["refunds"];
+        assert_eq!(owed[0]["status"], "owed", "{status}");
+        assert_eq!(owed[0]["amount"], VERIFICATION_PRICE.to_string());
+        assert_eq!(
+            h.usdc_balance(payer.address()).await,
+            U256::from(10_000_000 - VERIFICATION_PRICE)
+        );
+    }
 }

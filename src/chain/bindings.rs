@@ -10,6 +10,7 @@ alloy::sol! {
         function name() external view returns (string);
         function version() external view returns (string);
         function balanceOf(address account) external view returns (uint256);
+        function transfer(address to, uint256 value) external returns (bool);
         function paused() external view returns (bool);
         function isBlacklisted(address account) external view returns (bool);
         function DOMAIN_SEPARATOR() external view returns (bytes32);

@@ -3,6 +3,7 @@
 
 pub mod bindings;
 pub mod rpc;
+pub mod tx;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -64,6 +64,8 @@ pub struct DevEnvironment {
     pub tokens: Vec<DevToken>,
     /// Permit2 and the x402 Permit2 proxies (every payer has approved Permit2 for every token).
     pub permit2: DevPermit2,
+    /// The wallet Dial pays refunds from (funded with gas and the dev USDC).
+    pub refund_wallet: String,
 }
 
 /// A token of the dev chain, as `--env-out` lists it.
@@ -135,6 +137,14 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         .map(|g| format!("0x{}", alloy::hex::encode(g.to_bytes())))
         .collect();
     let pay_to = PrivateKeySigner::random().address();
+    // Dial's refunds are paid, on the dev chain too: a wallet with gas and $1,000.
+    let refund = PrivateKeySigner::random();
+    chain
+        .fund_eth(refund.address(), U256::from(10u128.pow(19)))
+        .await?;
+    chain
+        .fund_usdc(refund.address(), U256::from(PAYER_FUNDS))
+        .await?;
     let url = format!("http://127.0.0.1:{}", opts.port);
     let keys = gas_wallet_keys
         .iter()
@@ -165,7 +175,8 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
          [server]\npublic = true\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
          [exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [{keys}]\n\
-         [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\n",
+         [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\nrefund_private_key = \"0x{refund_key}\"\n",
+        refund_key = alloy::hex::encode(refund.to_bytes()),
         ledger = opts.ledger_url,
         port = opts.port,
         rpc = chain.rpc_url(),
@@ -226,6 +237,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
             exact_proxy: EXACT_PERMIT2_PROXY.to_checksum(None),
             upto_proxy: UPTO_PERMIT2_PROXY.to_checksum(None),
         },
+        refund_wallet: refund.address().to_checksum(None),
     };
     if let Some(path) = &opts.env_out {
         std::fs::write(path, serde_json::to_string_pretty(&env)?)?;

@@ -28,6 +28,8 @@ pub struct AppState {
     pub facilitator: Arc<Facilitator>,
     /// This process's own merchant's routes, listed first in the Bazaar.
     pub local_discovery: Arc<Vec<DiscoveryItem>>,
+    /// This process's Dial, whose refunds the operator sees in `/status`.
+    pub dial: Option<Arc<crate::merchant::Dial>>,
 }
 
 /// The facilitator routes' per-IP limit.
@@ -53,6 +55,8 @@ pub struct RouterOptions {
     /// Serve `/ready`, `/metrics`, `/status` and the operator page here too (false: they are on
     /// the admin listener only, see [`admin_router`]).
     pub ops_routes: bool,
+    /// This process's Dial, for the operator's view of its refunds.
+    pub dial: Option<Arc<crate::merchant::Dial>>,
 }
 
 /// The facilitator's router. The server wraps it (and Dial's routes) in [`ops::observed`].
@@ -65,6 +69,7 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
         max_concurrent_settles,
         settle_deadline,
         ops_routes,
+        dial,
     } = options;
     let guarded_settle = post(settle).layer(
         tower::ServiceBuilder::new()
@@ -106,6 +111,7 @@ pub fn router(facilitator: Arc<Facilitator>, options: RouterOptions) -> Router {
         .with_state(AppState {
             facilitator,
             local_discovery: Arc::new(local_discovery),
+            dial,
         });
     match ip_limit_per_minute {
         None => routes,
@@ -130,12 +136,16 @@ fn with_ops_routes(routes: Router<AppState>) -> Router<AppState> {
 
 /// The admin listener's router (`server.admin_listen`): the operator's routes and `/health`,
 /// kept off the public listener.
-pub fn admin_router(facilitator: Arc<Facilitator>) -> Router {
+pub fn admin_router(
+    facilitator: Arc<Facilitator>,
+    dial: Option<Arc<crate::merchant::Dial>>,
+) -> Router {
     with_ops_routes(Router::new().route("/health", get(health)))
         .fallback(not_found)
         .with_state(AppState {
             facilitator,
             local_discovery: Arc::new(Vec::new()),
+            dial,
         })
 }
 

@@ -156,9 +156,13 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 
 /// `GET /status`: what the operator page shows, as JSON.
 pub async fn status(State(state): State<AppState>) -> Response {
+    let mut status = state.facilitator.status().await;
+    if let Some(dial) = &state.dial {
+        status["dial"] = dial.operator_status().await;
+    }
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Json(state.facilitator.status().await),
+        Json(status),
     )
         .into_response()
 }

@@ -16,6 +16,8 @@ pub struct RunningServer {
     /// The admin listener's address, when `server.admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
     pub facilitator: Arc<Facilitator>,
+    /// Dial, when `[dial]` is configured.
+    pub dial: Option<Arc<Dial>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -71,7 +73,15 @@ impl RunningServer {
         let metrics = Arc::new(Metrics::new());
         let facilitator = Arc::new(Facilitator::start_with(config, metrics.clone()).await?);
         let dial = match &config.dial {
-            Some(d) => Some(Dial::start(config, d, Some(facilitator.clone())).await?),
+            Some(d) => Some(
+                Dial::start(
+                    config,
+                    d,
+                    Some(facilitator.clone()),
+                    Some(metrics.registry()),
+                )
+                .await?,
+            ),
             None => None,
         };
         let local = dial
@@ -93,6 +103,7 @@ impl RunningServer {
                     config.settlement.settle_timeout_seconds + 30,
                 ),
                 ops_routes: config.server.admin_listen.is_none(),
+                dial: dial.clone(),
             },
         );
         if let Some(dial) = &dial {
@@ -107,7 +118,7 @@ impl RunningServer {
             Some(admin) => {
                 let (l, a) = bind(admin).await?;
                 let app = crate::http::ops::observed(
-                    crate::http::admin_router(facilitator.clone()),
+                    crate::http::admin_router(facilitator.clone(), dial.clone()),
                     metrics.clone(),
                 );
                 (Some(a), Some(spawn_serve(l, app, stop.clone())))
@@ -119,6 +130,7 @@ impl RunningServer {
             addr,
             admin_addr,
             facilitator,
+            dial,
             shutdown,
             task,
             admin_task,

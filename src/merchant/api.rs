@@ -20,7 +20,7 @@ use super::paywall::{DialError, Metered, Paid, Price, Priced, ProviderRef};
 use super::providers::NUMBER_COUNTRIES;
 use super::siwe::{STATEMENT, SiweMessage, eip191_digest, format_rfc3339};
 use super::sms::{PhoneNumber, check_body};
-use super::store::{NewMessage, StoreError};
+use super::store::{NewMessage, NewVerification, NumberStatus, StoreError};
 use crate::chain::RpcCall;
 use crate::chain::bindings::IErc1271;
 use crate::exact::signature::{SignatureClass, classify, recover};
@@ -29,8 +29,6 @@ use crate::exact::signature::{SignatureClass, classify, recover};
 const SIWE_TTL_SECS: i64 = 600;
 /// How long a bearer token lives.
 const SESSION_TTL_SECS: i64 = 24 * 3600;
-/// How long a rented verification number waits for its code.
-const VERIFICATION_TTL_SECS: i64 = 15 * 60;
 
 /// A validated request, parsed once before payment and handed to the handler.
 #[derive(Debug, Clone)]
@@ -60,11 +58,11 @@ fn now_secs() -> i64 {
     crate::clock::now_ms() / 1000
 }
 
-fn bad_request(message: impl AsRef<str>) -> DialError {
+pub(super) fn bad_request(message: impl AsRef<str>) -> DialError {
     DialError::new(StatusCode::BAD_REQUEST, "invalid_request", message.as_ref())
 }
 
-fn internal(e: StoreError) -> DialError {
+pub(super) fn internal(e: StoreError) -> DialError {
     tracing::error!(error = %e, "dial store failed");
     DialError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -73,7 +71,7 @@ fn internal(e: StoreError) -> DialError {
     )
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DialError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DialError> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -213,6 +211,16 @@ impl Dial {
                             StatusCode::FORBIDDEN,
                             "not_owner",
                             "only the number's owner can renew it",
+                        ))
+                    }
+                    Some((_, n))
+                        if n.status == NumberStatus::Released
+                            || n.status == NumberStatus::Releasing =>
+                    {
+                        Err(DialError::new(
+                            StatusCode::GONE,
+                            "number_released",
+                            "this number was released after its grace period; buy a new one",
                         ))
                     }
                     Some(_) => Ok(Order::Renew {
@@ -360,13 +368,31 @@ impl Dial {
                     .start(&service)
                     .await
                     .map_err(provider_failed)?;
+                // The payer reads the code with this token (or a SIWE session of the paying
+                // wallet); only its hash is kept.
+                let mut raw = [0u8; 24];
+                rand::rng().fill(&mut raw);
+                let read_token = format!("vrt_{}", alloy::hex::encode(raw));
+                let window = i64::try_from(self.config.verification_window_seconds)
+                    .unwrap_or(i64::MAX / 2000);
+                let expires_at = crate::clock::now_ms().saturating_add(window.saturating_mul(1000));
                 self.store
-                    .record_verification(&v.verification_id, &service, &v.phone_number, receipt_id)
+                    .record_verification(&NewVerification {
+                        verification_id: &v.verification_id,
+                        service: &service,
+                        phone_number: &v.phone_number,
+                        receipt_id,
+                        owner,
+                        read_token_hash: &token_hash(&read_token),
+                        expires_at,
+                    })
                     .await
                     .map_err(internal)?;
                 Ok((
                     json!({"success": true, "verificationId": v.verification_id, "phoneNumber": v.phone_number,
-                           "service": service, "expiresAt": format_rfc3339(now_secs() + VERIFICATION_TTL_SECS)}),
+                           "service": service, "expiresAt": format_rfc3339(expires_at / 1000),
+                           "readToken": read_token,
+                           "codeUrl": self.paywall.public_url.base().to_owned() + "/api/v1/verifications/" + &v.verification_id}),
                     Some(v.verification_id),
                 ))
             }
@@ -374,15 +400,11 @@ impl Dial {
     }
 
     /// The address a bearer token belongs to.
-    async fn session(&self, headers: &HeaderMap) -> Result<String, DialError> {
+    pub(super) async fn session(&self, headers: &HeaderMap) -> Result<String, DialError> {
         let unauthorized = |m: &str| DialError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                unauthorized("a bearer token from POST /api/v1/auth/siwe is required")
-            })?;
+        let token = bearer(headers).ok_or_else(|| {
+            unauthorized("a bearer token from POST /api/v1/auth/siwe is required")
+        })?;
         self.store
             .session_address(&token_hash(token))
             .await
@@ -437,7 +459,16 @@ fn owner_text(a: Address) -> String {
     a.to_string().to_lowercase()
 }
 
-fn token_hash(token: &str) -> String {
+/// The token of an `Authorization: Bearer …` header.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+pub(super) fn token_hash(token: &str) -> String {
     alloy::hex::encode(keccak256(token.as_bytes()))
 }
 
@@ -709,6 +740,9 @@ pub async fn my_numbers(
     headers: HeaderMap,
 ) -> Result<Response, DialError> {
     let owner = dial.session(&headers).await?;
+    let now = crate::clock::now_ms();
+    let grace_ms =
+        i64::try_from(dial.config.number_grace_seconds.saturating_mul(1000)).unwrap_or(0);
     let numbers: Vec<Value> = dial
         .store
         .numbers_of(&owner)
@@ -716,9 +750,23 @@ pub async fn my_numbers(
         .map_err(internal)?
         .iter()
         .map(|n| {
+            let webhook = n.webhook_url.as_ref().map(|url| {
+                let state = match (n.webhook_disabled_at, n.webhook_failing_since) {
+                    (Some(_), _) => "disabled",
+                    (None, Some(_)) => "failing",
+                    (None, None) => "ok",
+                };
+                json!({"url": url, "status": state,
+                       "failingSince": n.webhook_failing_since.map(|t| format_rfc3339(t / 1000)),
+                       "disabledAt": n.webhook_disabled_at.map(|t| format_rfc3339(t / 1000)),
+                       "note": n.webhook_disabled_at.map(|_| "deliveries failed for too long: set the webhook again to resume")})
+            });
             json!({"phoneNumber": n.phone_number, "country": n.country,
+                   "status": n.lifecycle(now),
                    "expiresAt": format_rfc3339(n.expires_at / 1000),
-                   "textsUsed": n.texts_used, "textQuota": n.texts_quota})
+                   "releasesAt": format_rfc3339((n.expires_at + grace_ms) / 1000),
+                   "textsUsed": n.texts_used, "textQuota": n.texts_quota,
+                   "webhook": webhook})
         })
         .collect();
     Ok(Json(json!({"success": true, "numbers": numbers})).into_response())

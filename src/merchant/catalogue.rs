@@ -246,6 +246,36 @@ pub const FREE_ROUTES: &[FreeRoute] = &[
     },
     FreeRoute {
         method: "get",
+        path: "/api/v1/numbers/mine/messages",
+        summary: "Texts received at the caller's numbers, oldest first (query: number, since, until, cursor, limit)",
+        bearer: true,
+    },
+    FreeRoute {
+        method: "put",
+        path: "/api/v1/numbers/mine/webhook",
+        summary: "Set or remove a number's webhook (each received text is POSTed to it, signed)",
+        bearer: true,
+    },
+    FreeRoute {
+        method: "get",
+        path: "/api/v1/numbers/mine/webhook-deliveries",
+        summary: "The caller's webhook deliveries and every attempt",
+        bearer: true,
+    },
+    FreeRoute {
+        method: "get",
+        path: "/api/v1/verifications/{id}",
+        summary: "A verification rental's status and code (bearer: its readToken or the payer's session; query: wait)",
+        bearer: true,
+    },
+    FreeRoute {
+        method: "post",
+        path: "/api/v1/inbound/twilio",
+        summary: "Twilio's incoming-message webhook (X-Twilio-Signature required)",
+        bearer: false,
+    },
+    FreeRoute {
+        method: "get",
         path: "/api/v1/esim/packages",
         summary: "The eSIM catalogue",
         bearer: false,

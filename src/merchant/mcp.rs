@@ -35,6 +35,16 @@ pub const PATH: &str = "/mcp";
 /// The free tool: Dial's own listing of routes and prices.
 const DISCOVERY_TOOL: &str = "discovery";
 const DISCOVERY_PATH: &str = "/api/v1/discovery";
+/// Free, owner-only: the texts that arrived at the caller's numbers.
+const READ_MESSAGES_TOOL: &str = "read_messages";
+/// Free, payer-only: a verification rental's status and code.
+const GET_VERIFICATION_TOOL: &str = "get_verification";
+
+/// The owner-only tools take the bearer token as an argument (or the HTTP `Authorization` of
+/// the MCP request): a SIWE session, or a verification's read token.
+fn token_property() -> Value {
+    json!({"type": "string", "description": "Bearer token: a SIWE session from POST /api/v1/auth/siwe, or the readToken of a paid verification (else the MCP request's Authorization header is used)"})
+}
 
 /// A route offered as a tool, and the tool's name.
 pub fn tool_routes() -> impl Iterator<Item = (&'static str, &'static PaidRoute)> {
@@ -62,6 +72,29 @@ pub fn tools(dial: &Dial) -> Vec<Tool> {
             Tool::new(name, description, schema_object((route.input)()))
         })
         .collect();
+    tools.push(Tool::new(
+        READ_MESSAGES_TOOL,
+        "Texts received at your numbers, oldest first, with a cursor for the next page (free; \
+         owner only)",
+        schema_object(json!({"type": "object", "properties": {
+            "token": token_property(),
+            "number": {"type": "string", "description": "Only this number (E.164)"},
+            "since": {"type": "string", "format": "date-time"},
+            "until": {"type": "string", "format": "date-time"},
+            "cursor": {"type": "string", "description": "nextCursor of the previous page"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 100}
+        }, "additionalProperties": false})),
+    ));
+    tools.push(Tool::new(
+        GET_VERIFICATION_TOOL,
+        "A verification rental's status (waiting, received, expired) and its code once the text \
+         arrived; wait up to 30 s for it (free; the payer only)",
+        schema_object(json!({"type": "object", "properties": {
+            "token": token_property(),
+            "verificationId": {"type": "string"},
+            "wait": {"type": "integer", "minimum": 0, "maximum": super::inbound::MAX_WAIT_SECS}
+        }, "required": ["verificationId"], "additionalProperties": false})),
+    ));
     tools.push(Tool::new(
         DISCOVERY_TOOL,
         "Every Dial route and tool with its price and payment offers (free)",
@@ -147,15 +180,47 @@ impl ServerHandler for DialTools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (method, path) = if request.name == DISCOVERY_TOOL {
-            (Method::GET, DISCOVERY_PATH)
-        } else if let Some((_, route)) = tool_routes().find(|(t, _)| *t == request.name) {
-            (Method::POST, route.path)
-        } else {
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool {:?}", request.name),
-                None,
-            ));
+        let mut arguments = request.arguments.unwrap_or_default();
+        let token = match arguments.remove("token") {
+            Some(Value::String(t)) => Some(t),
+            Some(_) => return Err(ErrorData::invalid_params("token must be a string", None)),
+            None => None,
+        };
+        let (method, path) = match request.name.as_ref() {
+            DISCOVERY_TOOL => (Method::GET, DISCOVERY_PATH.to_owned()),
+            READ_MESSAGES_TOOL => (
+                Method::GET,
+                with_query(
+                    "/api/v1/numbers/mine/messages",
+                    &arguments,
+                    &["number", "since", "until", "cursor", "limit"],
+                )?,
+            ),
+            GET_VERIFICATION_TOOL => {
+                let id = arguments
+                    .get("verificationId")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ErrorData::invalid_params("verificationId is required", None))?;
+                let id =
+                    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+                (
+                    Method::GET,
+                    with_query(
+                        &format!("/api/v1/verifications/{id}"),
+                        &arguments,
+                        &["wait"],
+                    )?,
+                )
+            }
+            name => match tool_routes().find(|(t, _)| *t == name) {
+                Some((_, route)) => (Method::POST, route.path.to_owned()),
+                None => {
+                    return Err(ErrorData::invalid_params(
+                        format!("unknown tool {name:?}"),
+                        None,
+                    ));
+                }
+            },
         };
         // rmcp moves the request's `_meta` to the context; read both so neither placement is lost.
         let payment = request
@@ -164,9 +229,18 @@ impl ServerHandler for DialTools {
             .and_then(|m| m.get(PAYMENT_META))
             .or_else(|| context.meta.get(PAYMENT_META))
             .cloned();
-        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        let arguments = Value::Object(arguments);
         let http = context.extensions.get::<Parts>();
-        let call = self.routed(method, path, &arguments, payment.as_ref(), http)?;
+        let authorization = match token {
+            Some(t) => Some(HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                ErrorData::invalid_params("token has characters a header cannot carry", None)
+            })?),
+            None => http.and_then(|p| p.headers.get(header::AUTHORIZATION).cloned()),
+        };
+        let mut call = self.routed(method, &path, &arguments, payment.as_ref(), http)?;
+        if let Some(a) = authorization {
+            call.headers_mut().insert(header::AUTHORIZATION, a);
+        }
         let response = self
             .routes
             .clone()
@@ -175,6 +249,42 @@ impl ServerHandler for DialTools {
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         Ok(self.result(response).await.into())
     }
+}
+
+/// `path?k=v&…` from the listed string or integer arguments (others are refused).
+fn with_query(
+    path: &str,
+    arguments: &serde_json::Map<String, Value>,
+    keys: &[&str],
+) -> Result<String, ErrorData> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in arguments {
+        if k == "verificationId" {
+            continue;
+        }
+        if !keys.contains(&k.as_str()) {
+            return Err(ErrorData::invalid_params(
+                format!("unknown argument {k:?}"),
+                None,
+            ));
+        }
+        match v {
+            Value::String(s) => query.append_pair(k, s),
+            Value::Number(n) => query.append_pair(k, &n.to_string()),
+            _ => {
+                return Err(ErrorData::invalid_params(
+                    format!("{k} must be a string or a number"),
+                    None,
+                ));
+            }
+        };
+    }
+    let query = query.finish();
+    Ok(if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    })
 }
 
 impl DialTools {

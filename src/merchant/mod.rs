@@ -5,13 +5,17 @@
 mod api;
 pub mod catalogue;
 mod discovery;
+pub mod inbound;
+mod jobs;
 pub mod link;
 pub mod mcp;
 pub mod paywall;
 pub mod providers;
+mod refunds;
 pub mod siwe;
 pub mod sms;
 pub mod store;
+pub mod webhooks;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -48,6 +52,12 @@ pub enum DialStartError {
     NoFacilitator,
     #[error("dial.public_url: {0}")]
     PublicUrl(String),
+    #[error("dial.webhook_allow_private: {0}")]
+    WebhookPolicy(String),
+    #[error("dial.refund_private_key: {0}")]
+    RefundKey(String),
+    #[error("dial webhook client: {0}")]
+    WebhookClient(#[from] reqwest::Error),
 }
 
 /// The running module.
@@ -62,15 +72,27 @@ pub struct Dial {
     verifications: Arc<dyn VerificationProvider>,
     default_sender: String,
     limiter: Arc<dyn RateLimitBackend<IpAddr>>,
+    /// Set with the Twilio provider: what its inbound webhooks are signed with.
+    twilio_auth_token: Option<String>,
+    webhook_policy: webhooks::AddressPolicy,
+    webhook_client: reqwest::Client,
+    refund_wallet: Option<alloy::signers::local::PrivateKeySigner>,
+    counters: jobs::Counters,
+    /// Wakes the background work early (a delivery queued, a refund owed).
+    jobs_wake: Arc<tokio::sync::Notify>,
+    /// Wakes long-polling readers when a text arrives.
+    arrivals: tokio::sync::Notify,
 }
 
 impl Dial {
-    /// Builds Dial from the `[dial]` section; `local` is this process's facilitator, used unless
-    /// `dial.facilitator_url` names another.
+    /// Builds Dial from the `[dial]` section and starts its background work; `local` is this
+    /// process's facilitator, used unless `dial.facilitator_url` names another; Dial's series
+    /// go into `registry`.
     pub async fn start(
         config: &Config,
         dial: &DialConfig,
         local: Option<Arc<Facilitator>>,
+        registry: Option<&prometheus::Registry>,
     ) -> Result<Arc<Dial>, DialStartError> {
         let link: Arc<dyn FacilitatorLink> = match (&dial.facilitator_url, local) {
             (Some(url), _) => Arc::new(OverHttp::new(
@@ -125,18 +147,40 @@ impl Dial {
             })
             .collect();
         let store = Store::connect(&config.ledger.url.0).await?;
-        let (sms, numbers, default_sender): (
+        let (sms, numbers, default_sender, twilio_auth_token): (
             Arc<dyn SmsProvider>,
             Arc<dyn NumberProvider>,
             String,
+            Option<String>,
         ) = match &dial.provider {
-            DialProvider::Sandbox => (Arc::new(Sandbox), Arc::new(Sandbox), "+15550000000".into()),
+            DialProvider::Sandbox => (
+                Arc::new(Sandbox),
+                Arc::new(Sandbox),
+                "+15550000000".into(),
+                None,
+            ),
             DialProvider::Twilio(t) => {
                 let twilio = Arc::new(Twilio::new(t.clone())?);
                 let from = twilio.from_number().to_owned();
-                (twilio.clone(), twilio, from)
+                let token = twilio.auth_token().to_owned();
+                (twilio.clone(), twilio, from, Some(token))
             }
         };
+        let webhook_policy = webhooks::AddressPolicy::parse(&dial.webhook_allow_private)
+            .map_err(DialStartError::WebhookPolicy)?;
+        let refund_wallet = dial
+            .refund_private_key
+            .as_ref()
+            .map(|k| {
+                k.0.trim()
+                    .trim_start_matches("0x")
+                    .parse::<alloy::signers::local::PrivateKeySigner>()
+                    .map_err(|_| {
+                        DialStartError::RefundKey("is not a private key (32 bytes of hex)".into())
+                    })
+            })
+            .transpose()?;
+        let jobs_wake = Arc::new(tokio::sync::Notify::new());
         let paywall = Arc::new(Paywall {
             link,
             store: store.clone(),
@@ -145,8 +189,9 @@ impl Dial {
             max_timeout_seconds: dial.max_timeout_seconds,
             public_url,
             body_limit: config.server.body_limit_bytes,
+            jobs_wake: jobs_wake.clone(),
         });
-        Ok(Arc::new(Dial {
+        let dial = Arc::new(Dial {
             config: dial.clone(),
             paywall,
             store,
@@ -161,7 +206,20 @@ impl Dial {
                 &config.server.redis_namespace,
             )
             .backend("dial-ip", dial.rate_limit_per_minute),
-        }))
+            twilio_auth_token,
+            webhook_client: webhooks::client(&webhook_policy)?,
+            webhook_policy,
+            refund_wallet,
+            counters: jobs::Counters::new(registry),
+            jobs_wake,
+            arrivals: tokio::sync::Notify::new(),
+        });
+        if let Some(w) = &dial.refund_wallet {
+            tracing::info!(wallet = %w.address(), "dial refunds are paid from this wallet");
+        }
+        // The task holds a weak reference: it ends when Dial is dropped.
+        dial.spawn_jobs();
+        Ok(dial)
     }
 
     /// Dial's paid routes (and MCP tools) as Bazaar entries.
@@ -184,7 +242,13 @@ impl Dial {
         ];
         let cors = CorsLayer::new()
             .allow_origin(Any)
-            .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
             .allow_headers([
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
@@ -227,11 +291,29 @@ impl Dial {
             )
             .route("/api/v1/numbers/mine", get(api::my_numbers))
             .route("/api/v1/numbers/mine/send", post(api::my_send))
+            .route("/api/v1/numbers/mine/messages", get(inbound::my_messages))
+            .route(
+                "/api/v1/numbers/mine/webhook",
+                axum::routing::put(webhooks::set_webhook),
+            )
+            .route(
+                "/api/v1/numbers/mine/webhook-deliveries",
+                get(webhooks::my_deliveries),
+            )
+            .route("/api/v1/verifications/{id}", get(inbound::get_verification))
+            .route(inbound::TWILIO_PATH, post(inbound::twilio_inbound))
             .route("/api/v1/esim/packages", get(api::esim_packages))
             .route("/api/v1/discovery", get(discovery::dial_discovery))
             .route("/.well-known/x402", get(discovery::well_known))
             .route("/openapi.json", get(discovery::openapi))
             .route("/api/health", get(api::health));
+        // The sandbox's carrier: texts arrive where a newcomer can send them.
+        let free = match self.config.provider {
+            DialProvider::Sandbox => {
+                free.route(inbound::SANDBOX_PATH, post(inbound::sandbox_inbound))
+            }
+            DialProvider::Twilio(_) => free,
+        };
         paid.merge(free).with_state(self.clone())
     }
 }

@@ -100,6 +100,8 @@ pub struct Paywall {
     pub max_timeout_seconds: u64,
     pub public_url: PublicUrl,
     pub body_limit: usize,
+    /// Wakes Dial's background work (a refund just became owed).
+    pub jobs_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Dial's public base URL (`dial.public_url`). Resource URLs and the SIWE domain and URI come from
@@ -610,7 +612,19 @@ impl Paywall {
                 .ok()
                 .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(text);
-            let answer = fulfillment_failed(receipt_id, &settled.transaction, &detail);
+            // The payment is the refund's key: a second failure of the same payment owes nothing more.
+            let refund = match self.store.owe_refund(receipt_id, &detail).await {
+                Ok(_) => {
+                    self.jobs_wake.notify_one();
+                    json!({"status": "owed", "amount": settled.amount})
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, receipt = receipt_id, "refund owed but not recorded");
+                    json!({"status": "unrecorded"})
+                }
+            };
+            let mut answer = fulfillment_failed(receipt_id, &settled.transaction, &detail);
+            answer["refund"] = refund;
             let stored = serde_json::to_string(&answer).unwrap_or_default();
             if let Err(e) = self
                 .store
@@ -668,7 +682,15 @@ impl Paywall {
                 } else {
                     StatusCode::BAD_GATEWAY
                 };
-                let body = receipt.response_json.clone().unwrap_or_else(|| "{}".into());
+                let mut body = receipt.response_json.clone().unwrap_or_else(|| "{}".into());
+                // A failed one answers with where its refund stands now.
+                if receipt.status == ReceiptStatus::FulfillmentFailed
+                    && let Ok(Some(refund)) = self.store.refund_of_receipt(receipt.id).await
+                    && let Ok(mut v) = serde_json::from_str::<Value>(&body)
+                {
+                    v["refund"] = super::refunds::refund_json(&refund);
+                    body = v.to_string();
+                }
                 let mut response =
                     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
                 attach_receipt(&mut response, offered.version, &settled);
@@ -876,7 +898,7 @@ fn fulfillment_failed(receipt_id: i64, transaction: &str, detail: &str) -> Value
     json!({
         "success": false,
         "error": "fulfillment_failed",
-        "message": format!("the payment settled but the request could not be fulfilled ({detail}); it is recorded for a refund"),
+        "message": format!("the payment settled but the request could not be fulfilled ({detail}); the amount is refunded to the payer"),
         "transaction": transaction,
         "receiptId": receipt_id,
     })

@@ -53,6 +53,8 @@ pub trait NumberProvider: Send + Sync {
     fn name(&self) -> &'static str;
     /// Buys a number in `country` (ISO 3166 alpha-2).
     fn buy<'a>(&'a self, country: &'a str) -> BoxFuture<'a, Result<BoughtNumber, ProviderError>>;
+    /// Gives a number back; releasing one already released succeeds (the call may be repeated).
+    fn release<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>>;
 }
 
 pub trait EsimProvider: Send + Sync {
@@ -86,7 +88,7 @@ fn random_digits(n: usize) -> String {
         .collect()
 }
 
-fn random_id(prefix: &str) -> String {
+pub(crate) fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 12];
     rand::rng().fill(&mut bytes);
     format!("{prefix}{}", alloy::hex::encode(bytes))
@@ -135,6 +137,9 @@ impl NumberProvider for Sandbox {
                 provider_id: random_id("PN"),
             })
         })
+    }
+    fn release<'a>(&'a self, _provider_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -212,6 +217,11 @@ impl Twilio {
 
     pub fn from_number(&self) -> &str {
         &self.config.from_number
+    }
+
+    /// The auth token Twilio signs its webhooks with.
+    pub fn auth_token(&self) -> &str {
+        &self.config.auth_token.0
     }
 
     fn url(&self, tail: &str) -> String {
@@ -310,6 +320,22 @@ impl NumberProvider for Twilio {
                 phone_number: bought.phone_number,
                 provider_id: bought.sid,
             })
+        })
+    }
+    fn release<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let response = self
+                .client
+                .delete(self.url(&format!("IncomingPhoneNumbers/{provider_id}.json")))
+                .basic_auth(&self.config.account_sid, Some(&self.config.auth_token.0))
+                .send()
+                .await
+                .map_err(|e| twilio_error(e.without_url().to_string()))?;
+            match response.status() {
+                // 404: released before (by us, or in Twilio's console): the outcome wanted.
+                s if s.is_success() || s == reqwest::StatusCode::NOT_FOUND => Ok(()),
+                s => Err(twilio_error(format!("releasing {provider_id}: {s}"))),
+            }
         })
     }
 }

@@ -8,14 +8,8 @@ use std::time::{Duration, Instant};
 use alloy::rpc::types::FeeHistory;
 use serde_json::json;
 
+pub use crate::chain::tx::Fees;
 use crate::chain::{RpcCall, RpcClient, RpcError};
-
-/// The two fee fields of an EIP-1559 transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fees {
-    pub max_fee_per_gas: u128,
-    pub max_priority_fee_per_gas: u128,
-}
 
 /// What the policy says about sending now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,15 +1,13 @@
 //! Building, pricing and signing settlement transactions.
 
-use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
-use alloy::eips::eip2718::Encodable2718;
-use alloy::network::TxSignerSync;
-use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
-use alloy::signers::local::PrivateKeySigner;
+use alloy::consensus::TxEnvelope;
+use alloy::primitives::{Address, Bytes};
 use alloy::sol_types::SolCall;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::fees::Fees;
 use crate::chain::bindings::{IMulticall3, MULTICALL3};
+pub use crate::chain::tx::{SignedTx, quantity, sign, with_margin};
 use crate::chain::{RpcCall, RpcClient, RpcError};
 use crate::ledger::Payment;
 
@@ -129,20 +127,6 @@ pub fn learned_gas(n: usize, per_item: u64) -> u64 {
     with_margin(TX_BASE_GAS + 10_000 + n as u64 * (per_item + NEW_PAYEE_ALLOWANCE))
 }
 
-/// Adds the safety margin to an estimate: 25% plus 20k.
-pub fn with_margin(estimate: u64) -> u64 {
-    estimate.saturating_add(estimate / 4).saturating_add(20_000)
-}
-
-/// A JSON-RPC quantity (`0x…`).
-pub fn quantity(v: &Value) -> Result<u128, RpcError> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| RpcError::Malformed(format!("expected a quantity, got {v}")))?;
-    u128::from_str_radix(s.trim_start_matches("0x"), 16)
-        .map_err(|e| RpcError::Malformed(format!("quantity {s}: {e}")))
-}
-
 pub async fn estimate_gas(
     rpc: &RpcClient,
     from: Address,
@@ -157,13 +141,6 @@ pub async fn estimate_gas(
         Ok(v) => Some(quantity(&v)? as u64),
         Err(_) => None,
     })
-}
-
-/// A signed transaction: its raw bytes and hash.
-#[derive(Debug, Clone)]
-pub struct SignedTx {
-    pub raw: Bytes,
-    pub hash: B256,
 }
 
 /// What a stored settlement transaction calls, with what gas and fees: enough to sign it again
@@ -196,38 +173,10 @@ pub fn decode(raw: &[u8]) -> Option<Unsigned> {
     }
 }
 
-/// Signs an EIP-1559 call.
-pub fn sign(
-    signer: &PrivateKeySigner,
-    chain_id: u64,
-    nonce: u64,
-    gas_limit: u64,
-    fees: Fees,
-    to: Address,
-    input: Bytes,
-) -> Result<SignedTx, alloy::signers::Error> {
-    let mut tx = TxEip1559 {
-        chain_id,
-        nonce,
-        gas_limit,
-        max_fee_per_gas: fees.max_fee_per_gas,
-        max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-        to: TxKind::Call(to),
-        value: U256::ZERO,
-        access_list: Default::default(),
-        input,
-    };
-    let signature = signer.sign_transaction_sync(&mut tx)?;
-    let envelope = TxEnvelope::from(tx.into_signed(signature));
-    Ok(SignedTx {
-        raw: envelope.encoded_2718().into(),
-        hash: *envelope.tx_hash(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy::signers::local::PrivateKeySigner;
 
     #[test]
     fn a_single_plain_transfer_goes_direct() {

@@ -547,3 +547,85 @@ pub fn to_v1(req: &RequirementsV2) -> RequirementsV1 {
 pub fn random_nonce() -> B256 {
     B256::random()
 }
+
+/// x402d running as its own process.
+pub struct Service {
+    pub child: std::process::Child,
+    pub url: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Service {
+    pub async fn start(h: &Harness, settlement: &str) -> Service {
+        Service::start_with(h, settlement, "").await
+    }
+
+    /// With extra `[networks.fees]` keys.
+    pub async fn start_with(h: &Harness, settlement: &str, fees: &str) -> Service {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = h
+            .config_text
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replace("[settlement]", &format!("[settlement]\n{settlement}"))
+            .replace("[networks.fees]", &format!("[networks.fees]\n{fees}"));
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config.path())
+            .envs(h.config_env())
+            .env("X402D_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if reqwest::get(format!("{url}/health"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return Service {
+                    child,
+                    url,
+                    _config: config,
+                };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("x402d did not come up");
+    }
+
+    /// SIGKILL: no shutdown hook runs, exactly like a crash.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    pub async fn settle(&self, body: &Value) -> Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}/settle", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+}
+
+/// A failing assertion must not leave an x402d process behind holding the anvil chain.
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
