@@ -1,10 +1,13 @@
 //! `x402d dev`, the README's first command: it comes up with a local chain, Dial and funded payers,
 //! `--env-out` describes it well enough to pay, and SIGTERM stops everything it started.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
+use common::x402d_text;
 use serde_json::Value;
 use x402d::client::{PayRequest, pay};
 
@@ -112,18 +115,13 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
     .unwrap();
     assert_eq!(out.status, 200, "{}", out.body);
     let rented: Value = serde_json::from_str(&out.body).unwrap();
-    let texted = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
-        .args(["text", "--dial-url", merchant, "--to"])
-        .arg(rented["phoneNumber"].as_str().unwrap())
-        .arg("Your acme code is 482913")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        texted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&texted.stderr)
-    );
+    x402d_text(
+        merchant,
+        rented["phoneNumber"].as_str().unwrap(),
+        "acme",
+        "Your acme code is 482913",
+    )
+    .await;
     let code: Value = http
         .get(rented["codeUrl"].as_str().unwrap().to_owned() + "?wait=5")
         .bearer_auth(rented["readToken"].as_str().unwrap())

@@ -1169,6 +1169,19 @@ mod twilio {
     /// A provider failure after payment is refunded on chain from the refund wallet, exactly
     /// once, although x402d is killed (-9) while the refund waits in the pool and the pool is
     /// then lost: the stored transaction is sent again, never a second one.
+    /// Waits (up to a minute) until some refund is in `status`.
+    async fn wait_for_refund(h: &Harness, status: &str) {
+        let sql = format!("SELECT COUNT(*) FROM dial_refunds WHERE status = '{status}'");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while count(h, &sql).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refund became {status}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_provider_failure_is_refunded_once_across_kill_9_on_sqlite() {
         refunded_once_across_kill_9(Backend::Sqlite).await
@@ -1223,20 +1236,7 @@ mod twilio {
             U256::from(1_000_000 - SMS_PRICE)
         );
         // The refund is signed and broadcast; automine is off, so it waits in the pool.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while count(
-            &h,
-            "SELECT COUNT(*) FROM dial_refunds WHERE status = 'signed'",
-        )
-        .await
-            == 0
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the refund was never signed"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        wait_for_refund(&h, "signed").await;
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         service.kill_9();
         h.chain
@@ -1250,20 +1250,7 @@ mod twilio {
             U256::from(1_000_000 - SMS_PRICE)
         );
         let service = Service::start(&h, "").await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while count(
-            &h,
-            "SELECT COUNT(*) FROM dial_refunds WHERE status = 'confirmed'",
-        )
-        .await
-            == 0
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the refund never landed"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        wait_for_refund(&h, "confirmed").await;
         tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
         assert_eq!(
             h.usdc_balance(payer.address()).await,
@@ -2059,26 +2046,17 @@ mod receive {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
-            .args([
-                "text",
-                "--dial-url",
-                &h.url(),
-                "--to",
-                &rented_number,
-                "--from",
-                "Google",
-            ])
-            .arg("G-482913 is your Google verification code.")
-            .output()
-            .await
-            .unwrap();
+        let printed = x402d_text(
+            &h.url(),
+            &rented_number,
+            "Google",
+            "G-482913 is your Google verification code.",
+        )
+        .await;
         assert!(
-            cli.status.success(),
-            "{}",
-            String::from_utf8_lossy(&cli.stderr)
+            printed.contains("\"deliveredTo\":\"verification\""),
+            "{printed}"
         );
-        assert!(String::from_utf8_lossy(&cli.stdout).contains("\"deliveredTo\":\"verification\""));
         let (received, waited) = poll.await.unwrap();
         assert_eq!(received["status"], "received", "{received}");
         assert_eq!(received["code"], "482913");
@@ -2448,15 +2426,7 @@ mod receive {
             .await,
             1
         );
-        let status: Value = h
-            .http
-            .get(format!("{}/status", h.url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = h.get_json("/status").await;
         let owed = &status["dial"]["refunds"];
         assert_eq!(owed[0]["status"], "owed", "{status}");
         assert_eq!(owed[0]["amount"], VERIFICATION_PRICE.to_string());

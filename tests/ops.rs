@@ -294,7 +294,13 @@ async fn metrics_follow_payments(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_is_documented_and_every_documented_series_exists() {
-    let h = Harness::start().await;
+    // With Dial: its series are in the same registry.
+    let h = Harness::start_with(HarnessOptions {
+        dial: Some(String::new()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let payer = h.funded_payer(ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
     let (_, a) = h.settle(&h.body(2, &req, &h.sign(&payer, &req))).await;

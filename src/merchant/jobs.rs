@@ -53,6 +53,13 @@ impl Counters {
             )
             .expect("a valid metric name"),
         };
+        // Every label set exists from the start: a rate of zero is a series, not a gap.
+        for outcome in ["delivered", "failed"] {
+            counters.webhooks.with_label_values(&[outcome]);
+        }
+        for status in ["owed", "signed", "confirmed"] {
+            counters.refunds.with_label_values(&[status]);
+        }
         if let Some(r) = registry {
             for c in [
                 Box::new(counters.inbound.clone()) as Box<dyn prometheus::core::Collector>,

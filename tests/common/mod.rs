@@ -472,6 +472,18 @@ impl Harness {
         )
     }
 
+    /// `GET path` of the in-process server, as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn verify(&self, body: &Value) -> (u16, Value) {
         self.post("/verify", serde_json::to_vec(body).unwrap())
             .await
@@ -628,4 +640,29 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `x402d text`: texts `to` through Dial's sandbox carrier at `dial_url`; asserts it succeeded
+/// and returns what it printed.
+pub async fn x402d_text(dial_url: &str, to: &str, from: &str, body: &str) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args([
+            "text",
+            "--dial-url",
+            dial_url,
+            "--to",
+            to,
+            "--from",
+            from,
+            body,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
