@@ -268,6 +268,10 @@ pub struct SettlementSection {
     pub batch_window_ms: u64,
     #[serde(default = "default_batch_max")]
     pub batch_max_items: usize,
+    /// A batch's modelled gas stays under this (Base caps a transaction at 2^24 ≈ 16.8M gas;
+    /// half of it leaves room for ERC-6492 deployments the model may underestimate).
+    #[serde(default = "default_batch_max_gas")]
+    pub batch_max_gas: u64,
     #[serde(default = "default_receipt_poll")]
     pub receipt_poll_ms: u64,
     #[serde(default = "default_rebroadcast")]
@@ -293,6 +297,7 @@ impl Default for SettlementSection {
             settle_timeout_seconds: default_settle_timeout(),
             batch_window_ms: default_batch_window(),
             batch_max_items: default_batch_max(),
+            batch_max_gas: default_batch_max_gas(),
             receipt_poll_ms: default_receipt_poll(),
             rebroadcast_after_seconds: default_rebroadcast(),
             log_lookback_blocks: default_lookback(),
@@ -324,6 +329,9 @@ fn default_batch_window() -> u64 {
 }
 fn default_batch_max() -> usize {
     100
+}
+fn default_batch_max_gas() -> u64 {
+    8_000_000
 }
 fn default_receipt_poll() -> u64 {
     50
@@ -692,6 +700,12 @@ impl Config {
             return Err(key_error(
                 "settlement.batch_max_items",
                 "must be between 1 and 300 (Base caps a transaction near 16.7M gas)",
+            ));
+        }
+        if !(200_000..=16_000_000).contains(&self.settlement.batch_max_gas) {
+            return Err(key_error(
+                "settlement.batch_max_gas",
+                "must be between 200000 and 16000000 (Base caps a transaction near 16.7M gas)",
             ));
         }
         let url = &self.ledger.url.0;

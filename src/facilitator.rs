@@ -126,6 +126,7 @@ impl Facilitator {
             confirmations: s.confirmations,
             batch_window: Duration::from_millis(s.batch_window_ms),
             batch_max_items: s.batch_max_items,
+            batch_max_gas: s.batch_max_gas,
             receipt_poll: Duration::from_millis(s.receipt_poll_ms),
             rebroadcast_after: Duration::from_secs(s.rebroadcast_after_seconds),
             replace_after: Duration::from_secs(s.replace_after_seconds),

@@ -182,13 +182,39 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
         }
     }
     let mut lanes = lanes.into_iter().cycle();
-    for chunk in free.chunks(max) {
+    for chunk in under_gas(free, |(_, c)| c, max, ctx.config.batch_max_gas) {
         let Some(lane) = lanes.next().and_then(|i| ctx.lanes.get(i)) else {
             break;
         };
-        hand_over(ctx, lane, chunk.to_vec()).await;
+        hand_over(ctx, lane, chunk).await;
     }
     Ok(full)
+}
+
+/// Splits items, in order, into batches of at most `max_items` whose modelled gas stays under
+/// `max_gas` (an item too large alone still goes, alone).
+fn under_gas<T>(
+    items: Vec<T>,
+    calls_of: impl Fn(&T) -> &ItemCalls,
+    max_items: usize,
+    max_gas: u64,
+) -> Vec<Vec<T>> {
+    let mut batches: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut calls: Vec<ItemCalls> = Vec::new();
+    for item in items {
+        calls.push(calls_of(&item).clone());
+        let fits = current.len() < max_items && tx::modelled_gas(&calls) <= max_gas;
+        if !fits && !current.is_empty() {
+            batches.push(std::mem::take(&mut current));
+            calls = vec![calls_of(&item).clone()];
+        }
+        current.push(item);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// Gives a batch to a lane; its payments stay out of later rounds until the lane is done.
@@ -258,6 +284,40 @@ async fn simulate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(id: u8, deploy: bool) -> (u8, ItemCalls) {
+        let address = alloy::primitives::Address::repeat_byte(id);
+        let calls = ItemCalls {
+            target: address,
+            deploy: deploy.then(|| (address, alloy::primitives::Bytes::from(vec![id]))),
+            transfer: alloy::primitives::Bytes::from(vec![id]),
+            sender: None,
+        };
+        (id, calls)
+    }
+
+    #[test]
+    fn batches_stay_under_the_item_and_gas_bounds_in_order() {
+        let plain: Vec<_> = (0..250).map(|i| item(i, false)).collect();
+        let sizes: Vec<usize> = under_gas(plain, |(_, c)| c, 100, 8_000_000)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        // 60k + 80k × n ≤ 8M: 99 plain items.
+        assert_eq!(sizes, vec![99, 99, 52]);
+        let mixed: Vec<_> = (0..40).map(|i| item(i, i % 2 == 0)).collect();
+        let batches = under_gas(mixed, |(_, c)| c, 100, 8_000_000);
+        assert!(batches.len() > 1);
+        for b in &batches {
+            let calls: Vec<ItemCalls> = b.iter().map(|(_, c)| c.clone()).collect();
+            assert!(tx::modelled_gas(&calls) <= 8_000_000);
+        }
+        let ids: Vec<u8> = batches.iter().flatten().map(|(i, _)| *i).collect();
+        assert_eq!(ids, (0..40).collect::<Vec<_>>(), "nothing lost, order kept");
+        // A bound below one item: each goes alone.
+        let alone = under_gas((0..3).map(|i| item(i, true)).collect(), |(_, c)| c, 100, 1);
+        assert_eq!(alone.len(), 3);
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {

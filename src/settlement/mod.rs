@@ -45,6 +45,8 @@ pub struct SettlementConfig {
     pub batch_window: Duration,
     /// At most this many payments in one transaction.
     pub batch_max_items: usize,
+    /// A batch's modelled gas ([`tx::modelled_gas`]) stays under this.
+    pub batch_max_gas: u64,
     /// How often in-flight transactions' receipts are polled.
     pub receipt_poll: Duration,
     /// Rebroadcast a transaction that has no receipt after this long (a dropped pool forgets it).
@@ -67,6 +69,7 @@ impl Default for SettlementConfig {
             confirmations: 1,
             batch_window: Duration::from_millis(200),
             batch_max_items: 100,
+            batch_max_gas: 8_000_000,
             receipt_poll: Duration::from_millis(50),
             rebroadcast_after: Duration::from_secs(3),
             replace_after: Duration::from_secs(20),
