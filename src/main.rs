@@ -231,6 +231,18 @@ enum BenchCommand {
         /// How the payments move: `eip3009` (USDC) or `permit2` (a plain ERC-20).
         #[arg(long, value_enum, default_value = "eip3009")]
         method: x402d::dev::bench::GasMethod,
+        /// The cost on Base is stated at this L2 gas price (gwei, base fee + tip).
+        #[arg(long, default_value_t = 0.01)]
+        l2_gwei: f64,
+        /// ... this L1 base fee (gwei).
+        #[arg(long, default_value_t = 1.0)]
+        l1_gwei: f64,
+        /// ... this L1 blob base fee (gwei).
+        #[arg(long, default_value_t = 0.001)]
+        blob_gwei: f64,
+        /// ... and this ETH price in US dollars.
+        #[arg(long, default_value_t = 3000.0)]
+        eth_usd: f64,
     },
 }
 
@@ -374,10 +386,29 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
-            what: BenchCommand::Gas { sizes, method },
+            what:
+                BenchCommand::Gas {
+                    sizes,
+                    method,
+                    l2_gwei,
+                    l1_gwei,
+                    blob_gwei,
+                    eth_usd,
+                },
         } => {
-            let points = x402d::dev::bench::gas_per_batch(&sizes, method).await?;
-            println!("{}", serde_json::to_string_pretty(&points)?);
+            let wei = |gwei: f64| (gwei * 1e9).round() as u128;
+            let cost = x402d::dev::bench::BaseCost {
+                l2_gas_price_wei: wei(l2_gwei),
+                l1: x402d::chain::l1fee::L1FeeInputs::assumed_base(wei(l1_gwei), wei(blob_gwei)),
+                eth_usd,
+            };
+            let points = x402d::dev::bench::gas_per_batch(&sizes, method, &cost).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"prices": cost, "points": points})
+                )?
+            );
         }
         Command::Text {
             to,

@@ -2,6 +2,7 @@
 //! client per network.
 
 pub mod bindings;
+pub mod l1fee;
 pub mod rpc;
 pub mod tx;
 

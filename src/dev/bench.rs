@@ -523,6 +523,24 @@ pub struct GasPoint {
     pub gas_per_payment: f64,
     /// Relative to a direct `transferWithAuthorization` (a batch of one).
     pub ratio_to_direct: f64,
+    /// The signed transactions' bytes and their FastLZ-compressed size, per payment.
+    pub bytes_per_payment: f64,
+    pub fastlz_bytes_per_payment: f64,
+    /// On Base at the stated prices ([`BaseCost`]): L2 execution, the L1 data fee and the sum,
+    /// per payment, in wei and in US dollars.
+    pub l2_fee_wei_per_payment: f64,
+    pub l1_fee_wei_per_payment: f64,
+    pub usd_per_payment: f64,
+}
+
+/// The prices a cost on Base is stated at.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseCost {
+    /// The L2 gas price paid (base fee + tip), wei.
+    pub l2_gas_price_wei: u128,
+    pub l1: crate::chain::l1fee::L1FeeInputs,
+    pub eth_usd: f64,
 }
 
 /// How the payments of `x402d bench gas` move.
@@ -538,6 +556,7 @@ pub enum GasMethod {
 pub async fn gas_per_batch(
     sizes: &[usize],
     method: GasMethod,
+    cost: &BaseCost,
 ) -> Result<Vec<GasPoint>, BenchError> {
     let mut points: Vec<GasPoint> = Vec::new();
     let mut direct = None;
@@ -600,12 +619,33 @@ pub async fn gas_per_batch(
         let gas: u64 = txs.iter().filter_map(|t| t.gas_used).sum();
         let per = gas as f64 / n as f64;
         let base = *direct.get_or_insert(if n == 1 { per } else { 0.0 });
+        let bytes: usize = txs.iter().map(|t| t.raw_tx.len()).sum();
+        let fastlz: u64 = txs
+            .iter()
+            .map(|t| u64::from(crate::chain::l1fee::fastlz_len(&t.raw_tx)))
+            .sum();
+        let l1: f64 = txs
+            .iter()
+            .map(|t| {
+                crate::chain::l1fee::l1_fee_fjord(&t.raw_tx, &cost.l1)
+                    .to_string()
+                    .parse::<f64>()
+                    .unwrap_or(f64::NAN)
+            })
+            .sum();
+        let l2_per = per * cost.l2_gas_price_wei as f64;
+        let l1_per = l1 / n as f64;
         points.push(GasPoint {
             batch_size: n,
             transactions: txs.len(),
             gas_used: gas,
             gas_per_payment: per,
             ratio_to_direct: if base > 0.0 { per / base } else { f64::NAN },
+            bytes_per_payment: bytes as f64 / n as f64,
+            fastlz_bytes_per_payment: fastlz as f64 / n as f64,
+            l2_fee_wei_per_payment: l2_per,
+            l1_fee_wei_per_payment: l1_per,
+            usd_per_payment: (l2_per + l1_per) / 1e18 * cost.eth_usd,
         });
         env.server.stop().await;
     }
