@@ -217,6 +217,9 @@ enum BenchCommand {
         /// Gas wallets (lanes) settling.
         #[arg(long, default_value_t = 1)]
         gas_wallets: usize,
+        /// An extra `[settlement]` key of the server under load (`KEY=VALUE`, repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Seconds to heal: from a reorg to the payee made whole, from an outside send to the next
     /// settlement, from a dropped pool to the payment settled.
@@ -364,9 +367,19 @@ async fn main() -> anyhow::Result<()> {
                     duration,
                     block_time,
                     gas_wallets,
+                    set,
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
+            let settlement = set
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| format!("{} = {}", k.trim(), v.trim()))
+                        .with_context(|| format!("--set {kv:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join("\n");
             let opts = x402d::dev::bench::SettleLoad {
                 payments,
                 payers,
@@ -375,6 +388,7 @@ async fn main() -> anyhow::Result<()> {
                 duration_s: duration,
                 block_time,
                 gas_wallets,
+                settlement,
             };
             let report = x402d::dev::bench::settle_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -323,6 +323,8 @@ pub struct SettleLoad {
     pub block_time: Option<u64>,
     /// Gas wallets (lanes) settling.
     pub gas_wallets: usize,
+    /// Extra `[settlement]` keys (TOML lines), to measure a setting.
+    pub settlement: String,
 }
 
 /// What `x402d bench settle` measured.
@@ -344,7 +346,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
     let env = BenchEnv::start_with(
         opts.payers,
         opts.block_time,
-        "settle_timeout_seconds = 25",
+        &format!("settle_timeout_seconds = 25\n{}", opts.settlement),
         opts.gas_wallets,
     )
     .await?;
