@@ -680,3 +680,51 @@ async fn unreachable_rpc_is_503() {
     assert_eq!(answer["error"], "chain_unavailable");
     server.stop().await;
 }
+
+/// Simulations that arrive together share one `aggregate3`, in arrival order on one state: two
+/// payments that each fit the payer's balance pass, a third that together with them overdraws it
+/// fails (alone it would pass), an identical copy of the first shares its answer instead of seeing
+/// its nonce used, and a bad signature keeps its own revert reason.
+#[tokio::test]
+async fn coalesced_simulations_run_in_order_on_one_state() {
+    use std::sync::Arc;
+    use x402d::chain::RpcClient;
+    use x402d::chain::simulate::Simulator;
+
+    let h = Harness::start().await;
+    let payer = h.funded_payer(ONE_CENT * 2).await;
+    let req = h.requirement(ONE_CENT);
+    let call = |p: &ExactEvmPayload| {
+        let sig = alloy::primitives::Signature::from_raw(&p.signature).unwrap();
+        x402d::exact::transfer_vrs(&p.authorization, &sig)
+    };
+    let (first, second, third) = (
+        h.sign(&payer, &req),
+        h.sign(&payer, &req),
+        h.sign(&payer, &req),
+    );
+    let mut forged = h.sign(&PrivateKeySigner::random(), &req);
+    forged.authorization.from = payer.address();
+    let rpc = RpcClient::new(&[h.chain.rpc_url()], std::time::Duration::from_secs(10)).unwrap();
+    let sim = Simulator::new(Arc::new(rpc));
+    let calls = [&first, &second, &first, &third, &forged].map(|p| sim.call(h.chain.usdc, call(p)));
+    let answers: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|a| a.expect("the node answers"))
+        .collect();
+    assert_eq!(answers[0], Ok(()));
+    assert_eq!(answers[1], Ok(()));
+    assert_eq!(answers[2], Ok(()), "the copy shares the first's answer");
+    let overdraft = answers[3].as_ref().unwrap_err();
+    assert!(overdraft.contains("balance"), "{overdraft}");
+    let forged = answers[4].as_ref().unwrap_err();
+    assert!(forged.contains("signature"), "{forged}");
+    // Alone, the third passes: the overdraft was found only on the state the others left.
+    assert_eq!(sim.call(h.chain.usdc, call(&third)).await.unwrap(), Ok(()));
+    // Simulations move nothing.
+    assert_eq!(
+        h.usdc_balance(payer.address()).await,
+        U256::from(ONE_CENT * 2)
+    );
+}

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod l1fee;
 pub mod rpc;
+pub mod simulate;
 pub mod tx;
 
 use std::sync::Arc;
@@ -134,7 +135,9 @@ impl Token {
 pub struct Network {
     pub chain_id: ChainId,
     pub v1_name: Option<String>,
-    pub rpc: RpcClient,
+    pub rpc: Arc<RpcClient>,
+    /// Simulations of token calls, coalesced across concurrent requests.
+    pub simulator: simulate::Simulator,
     pub tokens: Vec<Token>,
     /// Permit2 and the x402 proxies here.
     pub permit2: Permit2Addresses,
@@ -194,13 +197,7 @@ impl Chains {
         let networks = config
             .networks
             .iter()
-            .map(|n| {
-                let mut network = network_from_config(n)?;
-                if let Some(m) = metrics {
-                    network.rpc.instrument(m);
-                }
-                Ok(network)
-            })
+            .map(|n| network_from_config(n, metrics))
             .collect::<Result<Vec<_>, RpcError>>()?;
         Ok(Chains {
             networks: Arc::new(networks),
@@ -226,7 +223,10 @@ impl Chains {
     }
 }
 
-fn network_from_config(n: &NetworkConfig) -> Result<Network, RpcError> {
+fn network_from_config(
+    n: &NetworkConfig,
+    metrics: Option<&crate::telemetry::Metrics>,
+) -> Result<Network, RpcError> {
     let chain_id = ChainId(n.chain_id);
     let builtin = BUILTIN_NETWORKS.iter().find(|b| b.chain_id == n.chain_id);
     let mut token_configs = Vec::new();
@@ -251,13 +251,19 @@ fn network_from_config(n: &NetworkConfig) -> Result<Network, RpcError> {
         token_configs.retain(|c| c.address != t.address);
         token_configs.push(t.clone());
     }
+    let mut rpc = RpcClient::new(&n.rpc_urls, RPC_TIMEOUT)?;
+    if let Some(m) = metrics {
+        rpc.instrument(m);
+    }
+    let rpc = Arc::new(rpc);
     Ok(Network {
         chain_id,
+        simulator: simulate::Simulator::new(rpc.clone()),
         v1_name: n
             .v1_name
             .clone()
             .or_else(|| builtin.map(|b| b.v1_name.to_owned())),
-        rpc: RpcClient::new(&n.rpc_urls, RPC_TIMEOUT)?,
+        rpc,
         tokens: token_configs
             .iter()
             .map(|t| Token::new(chain_id, t))

@@ -159,20 +159,36 @@ impl BenchEnv {
 
     /// `n` distinct signed `/verify`-shaped bodies, one JSON per line.
     pub fn signed_bodies(&self, n: usize) -> Result<String, BenchError> {
+        Ok(self.signed(n)?.0)
+    }
+
+    /// `n` distinct payments as `/verify` bodies, and as the JSON-RPC `eth_call` the node runs to
+    /// simulate each (what one verification costs the node), one per line each.
+    pub fn signed(&self, n: usize) -> Result<(String, String), BenchError> {
         let req = self.requirement();
         let requirements =
             serde_json::to_value(&req).map_err(|e| BenchError::Config(e.to_string()))?;
-        let mut out = String::new();
+        let (mut bodies, mut calls) = (String::new(), String::new());
         for i in 0..n {
             let payer = &self.payers[i % self.payers.len()];
             let payload = sign_for_v2(payer, &req, unix_now())
                 .map_err(|e| BenchError::Config(e.to_string()))?;
-            out.push_str(
+            // The call x402d simulates for a plain key's signature.
+            let sig = alloy::primitives::Signature::from_raw(&payload.signature)
+                .map_err(|e| BenchError::Config(e.to_string()))?;
+            let data = crate::exact::transfer_vrs(&payload.authorization, &sig);
+            calls.push_str(
+                &serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "eth_call",
+                    "params": [{"to": req.asset, "data": data}, "latest"]})
+                .to_string(),
+            );
+            calls.push('\n');
+            bodies.push_str(
                 &facilitator_body(2, payload_v2(&req, &payload), requirements.clone()).to_string(),
             );
-            out.push('\n');
+            bodies.push('\n');
         }
-        Ok(out)
+        Ok((bodies, calls))
     }
 }
 
@@ -284,17 +300,31 @@ pub fn run_wrk(
     })
 }
 
-/// `x402d bench verify`: verify throughput and latency at a fixed concurrency.
-pub async fn verify_load(opts: &VerifyLoad) -> Result<WrkReport, BenchError> {
+/// What `x402d bench verify` measured: x402d, and in the same run the node alone answering the
+/// very `eth_call` each verification needs, at the same concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub verify: WrkReport,
+    pub node_eth_call: WrkReport,
+    /// x402d's verifications per second over the node's simulations per second.
+    pub ratio_to_node: f64,
+}
+
+/// `x402d bench verify`: verify throughput and latency at a fixed concurrency, then the node's
+/// own rate for the same simulations.
+pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> {
     let env = BenchEnv::start(opts.payers, None, "").await?;
-    let bodies = env.signed_bodies(opts.payments)?;
+    let (bodies, calls) = env.signed(opts.payments)?;
     let dir = tempdir()?;
     let file = dir.join("bodies.jsonl");
+    let calls_file = dir.join("eth-calls.jsonl");
     std::fs::write(&file, bodies)?;
+    std::fs::write(&calls_file, calls)?;
     let url = env.server.url();
+    let node = env.chain.rpc_url();
     let (threads, connections, duration) = (opts.threads, opts.connections, opts.duration_s);
-    let report = tokio::task::spawn_blocking(move || {
-        run_wrk(
+    let (verify, node_eth_call) = tokio::task::spawn_blocking(move || {
+        let verify = run_wrk(
             &url,
             "/verify",
             &file,
@@ -302,13 +332,29 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<WrkReport, BenchError> {
             threads,
             connections,
             duration,
-        )
+        )?;
+        // A simulation that passes answers `"result":"0x"` (the transfer returns nothing).
+        let node = run_wrk(
+            &node,
+            "/",
+            &calls_file,
+            "\"result\":\"0x\"",
+            threads,
+            connections,
+            duration,
+        )?;
+        Ok::<_, BenchError>((verify, node))
     })
     .await
     .map_err(|e| BenchError::Wrk(e.to_string()))??;
     let _ = std::fs::remove_dir_all(&dir);
     env.server.stop().await;
-    Ok(report)
+    let ratio_to_node = verify.requests_per_s / node_eth_call.requests_per_s.max(1e-9);
+    Ok(VerifyReport {
+        verify,
+        node_eth_call,
+        ratio_to_node,
+    })
 }
 
 /// Options of `x402d bench settle`.

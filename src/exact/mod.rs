@@ -662,6 +662,14 @@ async fn simulate(
     payment: ExactPayment<'_>,
     transfer: &Bytes,
 ) -> Result<Result<(), String>, VerifyError> {
+    if payment.token.known_deployed() {
+        // The common case: coalesced with concurrent verifications into one `eth_call`.
+        return Ok(payment
+            .network
+            .simulator
+            .call(payment.token.address, transfer.clone())
+            .await?);
+    }
     let results = batch_checking_token(
         payment,
         vec![RpcCall::call(payment.token.address, transfer.clone())],
