@@ -288,6 +288,10 @@ pub struct SettlementSection {
     /// At most this many of one gas wallet's transactions in flight (node pools take ~16).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight_per_wallet: usize,
+    /// How long a node's lease on a gas wallet's lane lasts unrenewed (renewed every third of
+    /// it): nodes sharing a ledger take over a dead node's lanes this long after it stopped.
+    #[serde(default = "default_lease")]
+    pub lane_lease_seconds: u64,
 }
 
 impl Default for SettlementSection {
@@ -304,6 +308,7 @@ impl Default for SettlementSection {
             replace_after_seconds: default_replace_after(),
             finality_blocks: default_finality(),
             max_in_flight_per_wallet: default_max_in_flight(),
+            lane_lease_seconds: default_lease(),
         }
     }
 }
@@ -313,6 +318,9 @@ fn default_replace_after() -> u64 {
 }
 fn default_finality() -> u64 {
     600
+}
+fn default_lease() -> u64 {
+    10
 }
 fn default_max_in_flight() -> usize {
     12
@@ -373,6 +381,25 @@ pub struct ServerConfig {
     /// The first part of every key x402d writes to that Redis (deployments sharing one Redis).
     #[serde(default = "default_redis_namespace")]
     pub redis_namespace: String,
+    /// This node's name among the nodes sharing a ledger (it holds lane leases under it); default
+    /// the host's name. Nodes on one host need distinct names; a node restarted under its name
+    /// takes its lanes back at once.
+    #[serde(default)]
+    pub node_id: Option<String>,
+}
+
+impl ServerConfig {
+    /// The node's name for lane leases: `node_id`, else the host's name.
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "x402d".to_owned())
+        })
+    }
 }
 
 fn default_redis_namespace() -> String {
@@ -394,6 +421,7 @@ impl Default for ServerConfig {
             admin_listen: None,
             redis_url: None,
             redis_namespace: default_redis_namespace(),
+            node_id: None,
         }
     }
 }
@@ -686,6 +714,12 @@ impl Config {
                     "must be above 0 (leave it out for no ceiling)",
                 ));
             }
+        }
+        if self.settlement.lane_lease_seconds < 3 {
+            return Err(key_error(
+                "settlement.lane_lease_seconds",
+                "must be at least 3 (it is renewed every third of it)",
+            ));
         }
         if self.settlement.max_in_flight_per_wallet == 0 {
             return Err(key_error(

@@ -134,6 +134,8 @@ impl Facilitator {
             finality_blocks: s.finality_blocks,
             max_in_flight: s.max_in_flight_per_wallet,
             valid_before_buffer_seconds: config.exact.valid_before_buffer_seconds,
+            node: config.server.node_name(),
+            lane_lease: Duration::from_secs(s.lane_lease_seconds),
         };
         let policies = config
             .networks

@@ -8,7 +8,9 @@
 mod catalogue;
 mod identifiers;
 mod keys;
+mod leases;
 mod rows;
+mod signals;
 pub mod state;
 mod writes;
 
@@ -22,10 +24,12 @@ pub use crate::clock::now_ms;
 pub use catalogue::{CatalogueEntry, Sighting};
 pub use identifiers::BoundIdentifier;
 pub use keys::ApiKeyRecord;
+pub use leases::{Fence, Lease};
 pub use rows::{
     Deploy, Method, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus,
 };
 use rows::{PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, payment_of, transaction_of, u64_of};
+pub use signals::{Signal, Signals};
 pub use state::{Inclusion, PaymentState, Transition};
 
 /// A ledger failure. Always our fault (answered 5xx), never the client's.
@@ -40,6 +44,9 @@ pub enum LedgerError {
     /// A failure shared by every claim of one group commit.
     #[error("database: {0}")]
     Shared(String),
+    /// The lane's lease passed to another node (or a later fence): nothing was written.
+    #[error("the lease of gas wallet {wallet}'s lane is no longer held under fence {token}")]
+    Fenced { wallet: Address, token: i64 },
 }
 
 /// The outcome of a claim.
@@ -99,6 +106,8 @@ pub struct Ledger {
     sqlite: bool,
     /// Claims go to one writer task that commits them in groups.
     claims: tokio::sync::mpsc::Sender<ClaimRequest>,
+    /// The PostgreSQL URL, for [`Ledger::listen`] (`None` with SQLite).
+    url: Option<Arc<str>>,
 }
 
 type PaymentKey = (u64, Address, Address, B256);
@@ -206,6 +215,7 @@ impl Ledger {
             keys,
             sqlite,
             claims,
+            url: (!sqlite).then(|| Arc::from(url)),
         })
     }
 
@@ -418,7 +428,20 @@ const CLAIM_GROUP: usize = 256;
 async fn claim_writer(pool: AnyPool, mut requests: tokio::sync::mpsc::Receiver<ClaimRequest>) {
     let mut group = Vec::with_capacity(CLAIM_GROUP);
     while requests.recv_many(&mut group, CLAIM_GROUP).await > 0 {
-        match insert_claims(&pool, &group).await {
+        // Another node's group may hold some of the same keys: PostgreSQL resolves a lock cycle
+        // by aborting one side (its group is then simply written again).
+        let mut written = insert_claims(&pool, &group).await;
+        for _ in 0..3 {
+            match &written {
+                Err(LedgerError::Database(sqlx::Error::Database(e)))
+                    if matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+                {
+                    written = insert_claims(&pool, &group).await;
+                }
+                _ => break,
+            }
+        }
+        match written {
             Ok(ids) => {
                 for ((_, reply), id) in group.drain(..).zip(ids) {
                     let _ = reply.send(Ok(id));
@@ -440,8 +463,16 @@ async fn insert_claims(
 ) -> Result<Vec<Option<i64>>, LedgerError> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
-    let mut ids = Vec::with_capacity(group.len());
-    for (p, _) in group {
+    let mut ids = vec![None; group.len()];
+    // In key order: every node's groups take the keys' locks in one order, so two groups with
+    // keys in common wait for each other instead of deadlocking.
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by_key(|&i| {
+        let p = &group[i].0;
+        (p.chain_id, p.asset, p.payer, p.nonce)
+    });
+    for i in order {
+        let p = &group[i].0;
         let inserted = sqlx::query(
             "INSERT INTO payments (chain_id, asset, payer, nonce, pay_to, amount, valid_before, payload_digest, x402_version, \
              network, request_json, deploy_target, deploy_calldata, transfer_calldata, api_key, method, call_target, sender, state, created_at, updated_at) \
@@ -480,7 +511,7 @@ async fn insert_claims(
                 .execute(&mut *tx)
                 .await?;
         }
-        ids.push(id);
+        ids[i] = id;
     }
     tx.commit().await?;
     Ok(ids)

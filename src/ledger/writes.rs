@@ -8,8 +8,8 @@ use super::rows::{
     PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, opt_u64_of, payment_of, transaction_of, u64_of,
 };
 use super::{
-    Ledger, LedgerError, MinedTx, NewPayment, NewTransaction, Payment, Transaction, Transition,
-    TxStatus, now_ms,
+    Fence, Ledger, LedgerError, MinedTx, NewPayment, NewTransaction, Payment, Transaction,
+    Transition, TxStatus, now_ms,
 };
 use crate::storage::placeholders;
 
@@ -164,14 +164,16 @@ impl Ledger {
 
     /// Records a batch and its first signed transaction, and moves its payments to `in_batch`, in
     /// one database transaction, before anything is broadcast. Fails (and writes nothing) unless
-    /// every item was still queued.
+    /// every item was still queued and `fence` is still the lane's.
     pub async fn record_batch(
         &self,
         items: &[i64],
         t: &NewTransaction,
+        fence: &Fence,
     ) -> Result<(i64, i64), LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        fence.check(&mut tx).await?;
         let batch_id: i64 = sqlx::query(
             "INSERT INTO batches (chain_id, item_count, state, created_at, updated_at) VALUES ($1,$2,'open',$3,$3) RETURNING id",
         )
@@ -204,15 +206,18 @@ impl Ledger {
 
     /// Records another signed attempt for a batch (a replacement at the same nonce, or the batch
     /// signed again at a fresh nonce), before it is broadcast. `supersede` attempts become
-    /// `replaced` (they can no longer be mined at their nonce, or must not be waited on).
+    /// `replaced` (they can no longer be mined at their nonce, or must not be waited on). Only
+    /// under the lane's current `fence`.
     pub async fn record_attempt(
         &self,
         batch_id: i64,
         t: &NewTransaction,
         supersede: &[i64],
+        fence: &Fence,
     ) -> Result<i64, LedgerError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        fence.check(&mut tx).await?;
         let tx_id = insert_tx(&mut tx, batch_id, t, now).await?;
         for id in supersede {
             set_status(&mut tx, *id, TxStatus::Replaced, now).await?;

@@ -126,10 +126,12 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
             .map(|l| format!("{}: {}", l.shared.wallet, l.shared.health()))
             .collect::<Vec<_>>()
             .join("; ");
-        let busy = ctx
-            .lanes
-            .iter()
-            .all(|l| l.shared.health() == LaneHealth::Ready);
+        let busy = ctx.lanes.iter().all(|l| {
+            matches!(
+                l.shared.health(),
+                LaneHealth::Ready | LaneHealth::Elsewhere(_)
+            )
+        });
         ctx.set_waiting((queued > 0 && !busy).then(|| format!("no gas wallet can send ({why})")));
         return Ok(false);
     }

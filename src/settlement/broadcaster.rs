@@ -19,7 +19,7 @@ use super::fees::{Fees, Quote};
 use super::tx::{self, ItemCalls, Unsigned};
 use super::{ChainCtx, Item, LaneHealth, LaneShared, StepError, reconciler, watcher};
 use crate::chain::{RpcCall, RpcError};
-use crate::ledger::{NewTransaction, PaymentState, TxStatus};
+use crate::ledger::{Fence, Lease, NewTransaction, PaymentState, TxStatus};
 
 /// One signed transaction of a slot.
 #[derive(Debug, Clone)]
@@ -76,6 +76,12 @@ struct Lane {
     /// What the last batch that found the lane dry needed.
     needed: U256,
     balance_checked: Instant,
+    /// The lane's lease while this node holds it, and when it was last renewed.
+    fence: Option<Fence>,
+    renewed: Instant,
+    /// The fence this process last held (`None`: never; a restart under the same name takes the
+    /// lane back at once, a node that lost its fence waits for the lease to expire).
+    last_fence: Option<i64>,
 }
 
 pub(super) async fn run(
@@ -92,50 +98,186 @@ pub(super) async fn run(
         next_nonce: None,
         needed: U256::ZERO,
         balance_checked: Instant::now(),
+        fence: None,
+        renewed: Instant::now(),
+        last_fence: None,
     };
-    // Recovery is retried until it succeeds (a lane cannot work without it): from one second,
-    // doubling with jitter up to 5 s (at most 10 s with the jitter).
-    let mut retry = ExponentialBuilder::new()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    while let Err(e) = lane.recover().await {
-        lane.ctx.count_ledger_error(&e);
-        let delay = retry.next().unwrap_or(Duration::from_secs(5));
-        tracing::warn!(wallet = %lane.shared.wallet, error = %e, retry_in = ?delay, "lane recovery failed; retrying");
-        tokio::time::sleep(delay).await;
-    }
     loop {
-        // The lane's poll tick, not a retry: receipts are looked for at this rate while anything
-        // is in flight (a failed poll or heal is simply tried again at the next tick).
-        let poll = if lane.slots.is_empty() {
-            Duration::from_secs(1)
-        } else {
-            lane.ctx.config.receipt_poll
-        };
-        tokio::select! {
-            b = batches.recv() => match b {
-                Some(items) => lane.take(items).await,
-                None => return,
-            },
-            _ = tokio::time::sleep(poll) => {}
+        if !lane.hold(&mut batches).await {
+            return;
         }
-        if lane.shared.resync.swap(false, Ordering::Relaxed) {
-            lane.heal_logged("asked to resynchronise").await;
-        }
-        if !lane.slots.is_empty()
-            && let Err(e) = lane.poll().await
-        {
+        // Recovery is retried until it succeeds (a lane cannot work without it): from one
+        // second, doubling with jitter up to 5 s (at most 10 s with the jitter).
+        let mut retry = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        while let Err(e) = lane.recover().await {
             lane.ctx.count_ledger_error(&e);
-            tracing::warn!(wallet = %lane.shared.wallet, error = %e, "receipt poll failed");
+            let delay = retry.next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(wallet = %lane.shared.wallet, error = %e, retry_in = ?delay, "lane recovery failed; retrying");
+            tokio::time::sleep(delay).await;
         }
-        lane.check_balance().await;
+        if !lane.work(&mut batches).await {
+            return;
+        }
     }
 }
 
 impl Lane {
+    /// Waits until this node holds the lane's lease (batches handed over meanwhile go back to
+    /// the queue). False when the batcher is gone.
+    async fn hold(&mut self, batches: &mut mpsc::Receiver<Vec<Item>>) -> bool {
+        let ctx = Arc::clone(&self.ctx);
+        let cfg = &ctx.config;
+        loop {
+            let wait = match ctx
+                .ledger
+                .take_lease(
+                    ctx.chain_id(),
+                    self.shared.wallet,
+                    &cfg.node,
+                    self.last_fence,
+                    cfg.lane_lease,
+                )
+                .await
+            {
+                Ok(Lease::Held(fence)) => {
+                    tracing::info!(wallet = %self.shared.wallet, fence = fence.token, node = %cfg.node, "holding the lane's lease");
+                    self.last_fence = Some(fence.token);
+                    self.fence = Some(fence);
+                    self.renewed = Instant::now();
+                    if matches!(self.shared.health(), LaneHealth::Elsewhere(_)) {
+                        self.shared.set_health(LaneHealth::Ready);
+                    }
+                    return true;
+                }
+                Ok(Lease::Elsewhere { holder, expires_at }) => {
+                    if !matches!(self.shared.health(), LaneHealth::Elsewhere(_)) {
+                        tracing::info!(wallet = %self.shared.wallet, %holder, "the lane's lease is held by another node");
+                    }
+                    self.shared.set_health(LaneHealth::Elsewhere(holder));
+                    let left = u64::try_from(expires_at.saturating_sub(crate::clock::now_ms()))
+                        .unwrap_or(0);
+                    Duration::from_millis(left)
+                        .clamp(Duration::from_millis(100), cfg.lane_lease / 3)
+                }
+                Err(e) => {
+                    ctx.metrics.ledger_errors.inc();
+                    tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot take the lane's lease; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            let until = tokio::time::sleep(wait);
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    b = batches.recv() => match b {
+                        Some(items) => self.take(items).await,
+                        None => return false,
+                    },
+                    _ = &mut until => break,
+                }
+            }
+        }
+    }
+
+    /// Renews the lease when a third of it has passed. False when it is lost (another node took
+    /// it) or cannot be renewed before it runs out: the lane then stops signing.
+    async fn keep_lease(&mut self) -> bool {
+        let Some(fence) = &self.fence else {
+            return false;
+        };
+        let lease = self.ctx.config.lane_lease;
+        if self.renewed.elapsed() < lease / 3 {
+            return true;
+        }
+        match self
+            .ctx
+            .ledger
+            .take_lease(
+                fence.chain_id,
+                fence.wallet,
+                &fence.holder,
+                Some(fence.token),
+                lease,
+            )
+            .await
+        {
+            Ok(Lease::Held(f)) if f.token == fence.token => {
+                self.renewed = Instant::now();
+                true
+            }
+            Ok(_) => {
+                tracing::warn!(wallet = %self.shared.wallet, fence = fence.token, "the lane's lease was taken over; this node stops sending for it");
+                false
+            }
+            Err(e) => {
+                self.ctx.metrics.ledger_errors.inc();
+                tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot renew the lane's lease");
+                self.lease_fresh()
+            }
+        }
+    }
+
+    /// Whether the lease is surely still this node's (renewed less than its life ago).
+    fn lease_fresh(&self) -> bool {
+        self.fence.is_some() && self.renewed.elapsed() < self.ctx.config.lane_lease
+    }
+
+    /// Forgets the lane's in-flight state after losing its lease: the new holder recovers it
+    /// from the ledger.
+    fn let_go(&mut self) {
+        self.fence = None;
+        self.shared
+            .load
+            .fetch_sub(self.slots.len(), Ordering::Relaxed);
+        self.slots.clear();
+        self.next_nonce = None;
+        self.publish();
+        self.shared
+            .set_health(LaneHealth::Elsewhere("another node".to_owned()));
+        self.ctx.lane_freed.notify_one();
+    }
+
+    /// Sends and watches the lane's transactions while the lease is held. False when the batcher
+    /// is gone.
+    async fn work(&mut self, batches: &mut mpsc::Receiver<Vec<Item>>) -> bool {
+        let lane = self;
+        loop {
+            // The lane's poll tick, not a retry: receipts are looked for at this rate while anything
+            // is in flight (a failed poll or heal is simply tried again at the next tick).
+            let poll = if lane.slots.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                lane.ctx.config.receipt_poll
+            };
+            tokio::select! {
+                b = batches.recv() => match b {
+                    Some(items) => lane.take(items).await,
+                    None => return false,
+                },
+                _ = tokio::time::sleep(poll) => {}
+            }
+            if !lane.keep_lease().await {
+                lane.let_go();
+                return true;
+            }
+            if lane.shared.resync.swap(false, Ordering::Relaxed) {
+                lane.heal_logged("asked to resynchronise").await;
+            }
+            if !lane.slots.is_empty()
+                && let Err(e) = lane.poll().await
+            {
+                lane.ctx.count_ledger_error(&e);
+                tracing::warn!(wallet = %lane.shared.wallet, error = %e, "receipt poll failed");
+            }
+            lane.check_balance().await;
+        }
+    }
+
     fn rpc(&self) -> &crate::chain::RpcClient {
         &self.ctx.network().rpc
     }
@@ -239,6 +381,10 @@ impl Lane {
     }
 
     async fn send(&mut self, items: Vec<Item>) -> Result<bool, StepError> {
+        // Only the lease's holder signs (the ledger refuses the record otherwise, too).
+        let Some(fence) = self.fence.clone().filter(|_| self.lease_fresh()) else {
+            return Ok(false);
+        };
         let calls: Vec<ItemCalls> = items.iter().map(|(_, c)| c.clone()).collect();
         let batch = tx::batch_call(&calls);
         let gas_limit = self.gas_limit(&calls, &batch).await?;
@@ -290,7 +436,7 @@ impl Lane {
         };
         let ids: Vec<i64> = items.iter().map(|(p, _)| p.id).collect();
         // Written before the broadcast: a crash from here on is recovered by rebroadcasting it.
-        let (batch_id, tx_id) = self.ctx.ledger.record_batch(&ids, &record).await?;
+        let (batch_id, tx_id) = self.ctx.ledger.record_batch(&ids, &record, &fence).await?;
         self.next_nonce = Some(nonce + 1);
         let attempt = Attempt {
             tx_id,
@@ -399,6 +545,11 @@ impl Lane {
     }
 
     async fn broadcast(&self, a: &Attempt) -> Broadcast {
+        // Recorded, not sent: a node that may have lost its lease sends nothing (the lane's new
+        // holder rebroadcasts the recorded transaction).
+        if !self.lease_fresh() {
+            return Broadcast::Unknown;
+        }
         let call = RpcCall {
             method: "eth_sendRawTransaction",
             params: json!([a.raw]),
@@ -578,6 +729,9 @@ impl Lane {
     /// Replaces a stuck slot at its nonce with fees raised by at least 12.5 % (never above the
     /// ceiling). Returns false when no replacement is allowed (the old one is rebroadcast).
     async fn replace(&mut self, i: usize) -> Result<bool, StepError> {
+        let Some(fence) = self.fence.clone() else {
+            return Ok(false);
+        };
         let Some(old) = self.slots[i].unsigned.clone() else {
             return Ok(false);
         };
@@ -602,7 +756,7 @@ impl Lane {
         let tx_id = self
             .ctx
             .ledger
-            .record_attempt(batch_id, &record, &[])
+            .record_attempt(batch_id, &record, &[], &fence)
             .await?;
         let a = Attempt {
             tx_id,
@@ -738,6 +892,9 @@ impl Lane {
     /// Signs a slot's batch again at a fresh nonce (it sat behind a gap); its old attempts are
     /// superseded.
     async fn resign(&mut self, i: usize, nonce: u64) -> Result<(), StepError> {
+        let Some(fence) = self.fence.clone() else {
+            return Ok(());
+        };
         let batch_id = self.slots[i].batch_id;
         let Some(old) = self.slots[i].unsigned.clone() else {
             // Cannot be signed again: its payments go back to the queue instead.
@@ -763,7 +920,7 @@ impl Lane {
         let tx_id = self
             .ctx
             .ledger
-            .record_attempt(batch_id, &record, &supersede)
+            .record_attempt(batch_id, &record, &supersede, &fence)
             .await?;
         let a = Attempt {
             tx_id,

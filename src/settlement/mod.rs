@@ -19,6 +19,7 @@ mod batcher;
 mod broadcaster;
 pub mod fees;
 mod reconciler;
+mod share;
 pub mod tx;
 mod watcher;
 
@@ -32,7 +33,7 @@ use alloy::signers::local::PrivateKeySigner;
 use tokio::sync::{Notify, mpsc};
 
 use crate::chain::{Chains, Network, RpcError};
-use crate::ledger::{Ledger, LedgerError, Payment};
+use crate::ledger::{Ledger, LedgerError, Payment, Signal};
 use crate::telemetry::Metrics;
 use fees::{FeeOracle, FeePolicy};
 
@@ -61,6 +62,10 @@ pub struct SettlementConfig {
     pub max_in_flight: usize,
     /// A reorged authorization is resubmitted only if it stays valid this much longer (seconds).
     pub valid_before_buffer_seconds: u64,
+    /// This node's name on lane leases.
+    pub node: String,
+    /// A lane lease's life unrenewed.
+    pub lane_lease: Duration,
 }
 
 impl Default for SettlementConfig {
@@ -77,6 +82,8 @@ impl Default for SettlementConfig {
             finality_blocks: 600,
             max_in_flight: 12,
             valid_before_buffer_seconds: 6,
+            node: "x402d".to_owned(),
+            lane_lease: Duration::from_secs(10),
         }
     }
 }
@@ -103,6 +110,8 @@ pub(crate) enum StepError {
 #[derive(Debug, Default)]
 pub struct Waiters {
     map: Mutex<HashMap<i64, Arc<Notify>>>,
+    /// To the other nodes sharing a PostgreSQL ledger ([`share`]).
+    outbox: std::sync::OnceLock<mpsc::UnboundedSender<Signal>>,
 }
 
 impl Waiters {
@@ -111,7 +120,18 @@ impl Waiters {
         map.entry(id).or_default().clone()
     }
 
+    fn tell_others(&self, signal: Signal) {
+        if let Some(outbox) = self.outbox.get() {
+            let _ = outbox.send(signal);
+        }
+    }
+
     fn notify(&self, id: i64) {
+        self.notify_here(id);
+        self.tell_others(Signal::Moved(id));
+    }
+
+    fn notify_here(&self, id: i64) {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get(&id) {
             n.notify_waiters();
@@ -144,6 +164,9 @@ pub enum LaneHealth {
     },
     /// It cannot make progress for another reason (said here); it keeps trying.
     Stalled(String),
+    /// Another node sharing the ledger holds its lease and sends its transactions; this node
+    /// takes the lane over if that lease expires.
+    Elsewhere(String),
 }
 
 impl std::fmt::Display for LaneHealth {
@@ -155,6 +178,7 @@ impl std::fmt::Display for LaneHealth {
                 "out of ETH: balance {balance} wei, the next transaction needs up to {needed} wei"
             ),
             LaneHealth::Stalled(why) => write!(f, "stalled: {why}"),
+            LaneHealth::Elsewhere(holder) => write!(f, "sent by node {holder}"),
         }
     }
 }
@@ -275,6 +299,7 @@ impl ChainCtx {
 pub struct LaneView {
     pub wallet: String,
     pub health: String,
+    /// Can settle payments: it sends here, or on the node holding its lease.
     pub ready: bool,
     pub in_flight: usize,
     pub next_nonce: Option<u64>,
@@ -371,6 +396,12 @@ impl Settlement {
             tasks.push(tokio::spawn(watcher::run_finality(ctx.clone())));
             contexts.insert(ctx.chain_id(), ctx);
         }
+        if ledger.backend() == "postgres" {
+            let (outbox, inbox) = mpsc::unbounded_channel();
+            let _ = waiters.outbox.set(outbox);
+            let wakes: HashMap<u64, Arc<ChainCtx>> = contexts.clone();
+            tasks.extend(share::start(ledger.clone(), inbox, waiters.clone(), wakes));
+        }
         Ok(Settlement {
             ledger,
             waiters,
@@ -388,6 +419,7 @@ impl Settlement {
         if let Some(ctx) = self.chains.get(&chain_id) {
             ctx.wake.notify_one();
         }
+        self.waiters.tell_others(Signal::Queued(chain_id));
     }
 
     /// Whether some gas wallet on the chain can pay for a transaction now (`false`: every lane is
@@ -420,7 +452,7 @@ impl Settlement {
                         let n = l.shared.next_nonce.load(Ordering::Relaxed);
                         LaneView {
                             wallet: l.shared.wallet.to_checksum(None),
-                            ready: health == LaneHealth::Ready,
+                            ready: matches!(health, LaneHealth::Ready | LaneHealth::Elsewhere(_)),
                             health: health.to_string(),
                             in_flight: l.shared.load.load(Ordering::Relaxed),
                             next_nonce: (n != u64::MAX).then_some(n),

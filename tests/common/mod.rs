@@ -574,6 +574,11 @@ impl Service {
 
     /// With extra `[networks.fees]` keys.
     pub async fn start_with(h: &Harness, settlement: &str, fees: &str) -> Service {
+        Service::start_node(h, settlement, fees, "").await
+    }
+
+    /// With extra `[networks.fees]` and `[server]` keys (`node_id = "a"`: one of several nodes).
+    pub async fn start_node(h: &Harness, settlement: &str, fees: &str, server: &str) -> Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -583,7 +588,8 @@ impl Service {
             .config_text
             .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
             .replace("[settlement]", &format!("[settlement]\n{settlement}"))
-            .replace("[networks.fees]", &format!("[networks.fees]\n{fees}"));
+            .replace("[networks.fees]", &format!("[networks.fees]\n{fees}"))
+            .replace("[server]", &format!("[server]\n{server}"));
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), text).unwrap();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_x402d"))

@@ -1,0 +1,364 @@
+//! Several x402d processes on one ledger and one chain: each gas wallet's lane has exactly one
+//! writer (its lease holder), any node answers `/settle`, a dead or paused node's lanes pass to
+//! another, and every payment moves money exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::providers::Provider;
+use common::*;
+use futures::StreamExt;
+use serde_json::Value;
+use x402d::ledger::{Lease, Ledger, LedgerError, NewTransaction, TxStatus};
+
+async fn two_wallets(backend: Backend) -> Option<Harness> {
+    Harness::start_with(HarnessOptions {
+        backend,
+        in_process: false,
+        gas_wallets: 2,
+        ..Default::default()
+    })
+    .await
+}
+
+const LEASE: &str = "lane_lease_seconds = 3\nsettle_timeout_seconds = 20";
+
+async fn node(h: &Harness, name: &str) -> Service {
+    Service::start_node(h, LEASE, "", &format!("node_id = \"{name}\"")).await
+}
+
+/// Lane health strings of a node's `/ready`, by wallet; the node must be ready (a node whose
+/// lanes are all held elsewhere still settles).
+async fn lanes(s: &Service) -> HashMap<String, String> {
+    let ready: Value = reqwest::get(format!("{}/ready", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    let mut out = HashMap::new();
+    for chain in ready["checks"]["settlement"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for lane in chain["lanes"].as_array().into_iter().flatten() {
+            out.insert(
+                lane["wallet"].as_str().unwrap_or_default().to_lowercase(),
+                lane["health"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    out
+}
+
+/// Waits until `s` holds every lane (no lane is "sent by node …").
+async fn wait_holding_all(s: &Service, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let l = lanes(s).await;
+        if !l.is_empty() && l.values().all(|h| !h.starts_with("sent by")) {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "lanes never came to {}: {l:?}",
+            s.url
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn nonce_of(h: &Harness, who: Address) -> u64 {
+    h.chain.provider().get_transaction_count(who).await.unwrap()
+}
+
+async fn post_settle(url: &str, body: &Value) -> Result<Value, reqwest::Error> {
+    reqwest::Client::new()
+        .post(format!("{url}/settle"))
+        .json(body)
+        .timeout(Duration::from_secs(40))
+        .send()
+        .await?
+        .json()
+        .await
+}
+
+/// Every mined transaction of the ledger, none reverted, and each wallet's nonces contiguous
+/// from 0 up to what the chain says it sent.
+async fn assert_clean_ledger(h: &Harness, ledger: &Ledger) {
+    let txs = ledger.transactions(CHAIN_ID).await.unwrap();
+    assert!(
+        txs.iter().all(|t| t.status != TxStatus::Reverted),
+        "a transaction reverted"
+    );
+    for k in &h.gas_keys {
+        let mut mined: Vec<u64> = txs
+            .iter()
+            .filter(|t| t.wallet == k.address() && t.status == TxStatus::Mined)
+            .map(|t| t.nonce)
+            .collect();
+        mined.sort_unstable();
+        let expected: Vec<u64> = (0..mined.len() as u64).collect();
+        assert_eq!(mined, expected, "wallet {} nonces", k.address());
+        let sent = nonce_of(h, k.address()).await;
+        assert_eq!(
+            sent,
+            mined.len() as u64,
+            "the chain saw a transaction the ledger did not"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_settle_every_payment_once_and_duplicates_get_one_hash() {
+    let Some(h) = two_wallets(Backend::Postgres).await else {
+        return;
+    };
+    let a = node(&h, "a").await;
+    let b = node(&h, "b").await;
+    let payers = h.funded_payers(1000, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies = h.v2_bodies(&payers, &req);
+    // Each payment once to a random node, a fifth of them a second time to the other; 128 at a
+    // time (under each node's /settle concurrency limit).
+    let mut sends: Vec<(usize, &str)> = Vec::new();
+    for i in 0..bodies.len() {
+        let first = if rand_bit(i) { &a.url } else { &b.url };
+        sends.push((i, first));
+        if i % 5 == 0 {
+            sends.push((i, if first == &a.url { &b.url } else { &a.url }));
+        }
+    }
+    let bodies = &bodies;
+    let answers: Vec<(usize, Value)> = futures::stream::iter(
+        sends
+            .iter()
+            .map(|(i, url)| async move { (*i, post_settle(url, &bodies[*i]).await.unwrap()) }),
+    )
+    .buffer_unordered(128)
+    .collect()
+    .await;
+    let mut hashes: HashMap<usize, String> = HashMap::new();
+    for (i, answer) in answers {
+        assert_eq!(answer["success"], true, "{answer}");
+        let hash = answer["transaction"].as_str().unwrap().to_owned();
+        if let Some(seen) = hashes.insert(i, hash.clone()) {
+            assert_eq!(seen, hash, "a duplicate got another transaction");
+        }
+    }
+    assert_eq!(hashes.len(), 1000);
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(1000 * ONE_CENT));
+    for p in payers.iter().step_by(37) {
+        assert_eq!(h.authorizations_used(p.address()).await, 1);
+        assert_eq!(h.usdc_balance(p.address()).await, U256::ZERO);
+    }
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    assert_clean_ledger(&h, &ledger).await;
+    // Each wallet is written by exactly one node.
+    let (la, lb) = (lanes(&a).await, lanes(&b).await);
+    for k in &h.gas_keys {
+        let w = k.address().to_string().to_lowercase();
+        let held = [&la, &lb]
+            .iter()
+            .filter(|l| l.get(&w).is_some_and(|h| !h.starts_with("sent by")))
+            .count();
+        assert_eq!(held, 1, "wallet {w}: a {:?} b {:?}", la.get(&w), lb.get(&w));
+    }
+}
+
+/// Deterministic scatter without a dependency.
+fn rand_bit(i: usize) -> bool {
+    (i.wrapping_mul(2_654_435_761) >> 7) & 1 == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_lanes_pass_to_the_other_and_nothing_is_paid_twice() {
+    let Some(h) = two_wallets(Backend::Postgres).await else {
+        return;
+    };
+    let a = node(&h, "a").await;
+    wait_holding_all(&a, Duration::from_secs(10)).await;
+    let b = node(&h, "b").await;
+    let payers = h.funded_payers(60, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies = h.v2_bodies(&payers, &req);
+    // Load on the node that holds every lane; it dies in the middle of it.
+    let a_url = a.url.clone();
+    let load = tokio::spawn({
+        let bodies = bodies.clone();
+        async move { futures::future::join_all(bodies.iter().map(|b| post_settle(&a_url, b))).await }
+    });
+    // Killed once it has settled something (and, at this load, not everything).
+    let started = Instant::now();
+    while h.usdc_balance(h.pay_to).await.is_zero() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing settled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill_9();
+    let _ = load.await;
+    // The survivor takes the lanes over once the dead node's leases expire, and answers every
+    // payment, whether the dead node settled it, queued it, or never saw it.
+    wait_holding_all(&b, Duration::from_secs(15)).await;
+    let answers =
+        futures::future::join_all(bodies.iter().map(|body| post_settle(&b.url, body))).await;
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer["success"], true, "{answer}");
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(60 * ONE_CENT));
+    for p in &payers {
+        assert_eq!(h.authorizations_used(p.address()).await, 1);
+    }
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    assert_clean_ledger(&h, &ledger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_sends_nothing_when_it_resumes() {
+    let Some(h) = two_wallets(Backend::Postgres).await else {
+        return;
+    };
+    let a = node(&h, "a").await;
+    wait_holding_all(&a, Duration::from_secs(10)).await;
+    let b = node(&h, "b").await;
+    let pid = a.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, pid.as_str()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    wait_holding_all(&b, Duration::from_secs(15)).await;
+    let payers = h.funded_payers(20, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies = h.v2_bodies(&payers, &req);
+    for body in &bodies[..10] {
+        assert_eq!(post_settle(&b.url, body).await.unwrap()["success"], true);
+    }
+    let nonces: Vec<u64> = {
+        let mut v = Vec::new();
+        for k in &h.gas_keys {
+            v.push(nonce_of(&h, k.address()).await);
+        }
+        v
+    };
+    // Resumed, the old holder finds its fence gone: it signs and sends nothing, and the rest of
+    // the payments, sent to it, are settled by the new holder.
+    signal("-CONT");
+    let started = Instant::now();
+    loop {
+        let l = lanes(&a).await;
+        if l.values().all(|h| h.starts_with("sent by")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{l:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (k, before) in h.gas_keys.iter().zip(&nonces) {
+        assert_eq!(nonce_of(&h, k.address()).await, *before);
+    }
+    for body in &bodies[10..] {
+        assert_eq!(post_settle(&a.url, body).await.unwrap()["success"], true);
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(20 * ONE_CENT));
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    assert_clean_ledger(&h, &ledger).await;
+    drop(b);
+}
+
+/// The fence at the ledger: a writer whose lease was taken over records nothing.
+async fn a_stale_fence_writes_nothing(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else {
+        return;
+    };
+    let ledger = Ledger::connect(&url).await.unwrap();
+    let wallet = Address::random();
+    let short = Duration::from_millis(50);
+    let Lease::Held(first) = ledger
+        .take_lease(CHAIN_ID, wallet, "a", None, short)
+        .await
+        .unwrap()
+    else {
+        panic!("a free lease is taken");
+    };
+    // Held and unexpired: another node cannot take it.
+    assert!(matches!(
+        ledger.take_lease(CHAIN_ID, wallet, "b", None, short).await.unwrap(),
+        Lease::Elsewhere { ref holder, .. } if holder == "a"
+    ));
+    tokio::time::sleep(short * 2).await;
+    let Lease::Held(second) = ledger
+        .take_lease(CHAIN_ID, wallet, "b", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("an expired lease is taken over");
+    };
+    assert!(second.token > first.token);
+    // The old holder can neither renew nor write.
+    assert!(matches!(
+        ledger
+            .take_lease(CHAIN_ID, wallet, "a", Some(first.token), short)
+            .await
+            .unwrap(),
+        Lease::Elsewhere { .. }
+    ));
+    let t = NewTransaction {
+        chain_id: CHAIN_ID,
+        wallet,
+        nonce: 0,
+        raw_tx: Bytes::from_static(b"\x02"),
+        tx_hash: B256::random(),
+        gas_limit: 21_000,
+        max_fee_per_gas: 1,
+        max_priority_fee_per_gas: 1,
+    };
+    assert!(matches!(
+        ledger.record_batch(&[], &t, &first).await,
+        Err(LedgerError::Fenced { .. })
+    ));
+    assert!(ledger.transactions(CHAIN_ID).await.unwrap().is_empty());
+    ledger.record_batch(&[], &t, &second).await.unwrap();
+    assert_eq!(ledger.transactions(CHAIN_ID).await.unwrap().len(), 1);
+    // A node restarted under its name (no fence in hand) takes its lane back at once, with a
+    // new fence; the old fence is dead.
+    let Lease::Held(third) = ledger
+        .take_lease(CHAIN_ID, wallet, "b", None, Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("a restart takes its own lease back");
+    };
+    assert!(third.token > second.token);
+    let t2 = NewTransaction {
+        tx_hash: B256::random(),
+        ..t
+    };
+    assert!(matches!(
+        ledger.record_batch(&[], &t2, &second).await,
+        Err(LedgerError::Fenced { .. })
+    ));
+}
+
+mod a_stale_fence_writes_nothing {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::a_stale_fence_writes_nothing(Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::a_stale_fence_writes_nothing(Backend::Postgres).await
+    }
+}
