@@ -51,6 +51,14 @@ enum Command {
         /// Gas wallets to fund and settle from (each is a lane with its own nonce).
         #[arg(long, default_value_t = 1)]
         gas_wallets: usize,
+        /// Serve the facilitator from this many nodes on ports --port, --port+1, … sharing one
+        /// ledger (needs --ledger-url postgres://…) and one Redis; `facilitator_urls` in the
+        /// --env-out file lists them all. Each gas wallet is sent from by one node at a time.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// The Redis the nodes share for rate limits (with --nodes above 1).
+        #[arg(long, default_value = "redis://127.0.0.1:6379")]
+        redis_url: String,
         /// Start only the dev chain (contracts, funded gas wallets and payers) and write a ready
         /// config for `x402d serve` (its path is `config` in the --env-out file).
         #[arg(long)]
@@ -301,6 +309,8 @@ async fn main() -> anyhow::Result<()> {
             env_out,
             ledger_url,
             gas_wallets,
+            nodes,
+            redis_url,
             chain_only,
             config_out,
             fork_url,
@@ -317,6 +327,8 @@ async fn main() -> anyhow::Result<()> {
                 env_out,
                 ledger_url,
                 gas_wallets,
+                nodes,
+                redis_url: (nodes > 1).then_some(redis_url),
                 chain_only,
                 config_out: config_out
                     .unwrap_or_else(|| PathBuf::from(format!("x402d-data/dev-{run}.toml"))),
@@ -326,6 +338,14 @@ async fn main() -> anyhow::Result<()> {
             };
             let stack = x402d::dev::mode::start(&opts).await?;
             println!("{}", x402d::dev::mode::next_steps(&stack.env));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut others = Vec::new();
+            for node in stack.others {
+                let mut stopped = stopped.clone();
+                others.push(tokio::spawn(node.serve_until(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })));
+            }
             match stack.server {
                 Some(server) => {
                     server
@@ -333,6 +353,10 @@ async fn main() -> anyhow::Result<()> {
                         .await?
                 }
                 None => x402d::http::server::shutdown_signal().await,
+            }
+            let _ = stop.send(true);
+            for node in others {
+                node.await??;
             }
             drop(stack.chain);
             tracing::info!("stopped");

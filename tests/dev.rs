@@ -483,3 +483,112 @@ async fn dev_fork_url_settles_on_the_fork_and_leaves_the_upstream_untouched() {
 fn upstream_usdc() -> alloy::primitives::Address {
     x402d::chain::builtin_usdc(8453).unwrap().0
 }
+
+#[tokio::test]
+async fn dev_nodes_share_one_ledger_and_any_node_settles() {
+    let Some((ledger_url, _dir)) = common::fresh_database(common::Backend::Postgres).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let env_path = dir.path().join("env.json");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args([
+            "dev",
+            "--payers",
+            "1",
+            "--nodes",
+            "2",
+            "--port",
+            &port.to_string(),
+        ])
+        .arg("--env-out")
+        .arg(&env_path)
+        .arg("--ledger-url")
+        .arg(&ledger_url)
+        .arg("--config-out")
+        .arg(dir.path().join("x402d.toml"))
+        .env("X402D_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let env = wait_for_json(&env_path).await;
+    let first = env["facilitator_url"].as_str().unwrap().to_owned();
+    let second = format!("http://127.0.0.1:{}", port + 1);
+    assert_eq!(env["facilitator_urls"], serde_json::json!([first, second]));
+    // One payment settled on the second node (it may hold no lane: the first may send), then
+    // the same payment on the first: one transfer, one hash.
+    let req: x402d::protocol::wire::RequirementsV2 = serde_json::from_value(serde_json::json!({
+        "scheme": "exact",
+        "network": env["network"],
+        "amount": "10000",
+        "asset": env["usdc"],
+        "payTo": env["pay_to"],
+        "maxTimeoutSeconds": 60,
+        "extra": {"name": env["eip712_name"], "version": env["eip712_version"]},
+    }))
+    .unwrap();
+    let payer: PrivateKeySigner = env["payer_keys"][0].as_str().unwrap().parse().unwrap();
+    let terms = x402d::client::AuthorizationTerms::for_requirement(
+        req.pay_to,
+        req.amount,
+        60,
+        x402d::clock::unix_now(),
+    );
+    let payload = x402d::client::sign_authorization(
+        &payer,
+        x402d::protocol::ChainId(env["chain_id"].as_u64().unwrap()),
+        req.asset,
+        env["eip712_name"].as_str().unwrap(),
+        env["eip712_version"].as_str().unwrap(),
+        &terms,
+    )
+    .unwrap();
+    let body = x402d::client::facilitator_body(
+        2,
+        x402d::client::payload_v2(&req, &payload),
+        serde_json::to_value(&req).unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let mut hashes = Vec::new();
+    for url in [&second, &first] {
+        let answer: Value = http
+            .post(format!("{url}/settle"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["success"], true, "{url}: {answer}");
+        hashes.push(answer["transaction"].clone());
+    }
+    assert_eq!(hashes[0], hashes[1]);
+    // The pay_to holds exactly one payment.
+    let balance_of = format!(
+        "0x70a08231{:0>64}",
+        env["pay_to"].as_str().unwrap().trim_start_matches("0x")
+    );
+    let rpc: Value = http
+        .post(env["rpc_url"].as_str().unwrap())
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_call",
+            "params": [{"to": env["usdc"], "data": balance_of}, "latest"]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let held = alloy::primitives::U256::from_str_radix(
+        rpc["result"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_eq!(held, alloy::primitives::U256::from(10_000u64));
+    terminate(&mut child).await;
+}

@@ -673,3 +673,84 @@ async fn secrets_do_not_leak_through_debug_errors_or_labels() {
     );
     assert!(!exported.contains("RPCSECRET"));
 }
+
+/// `deploy/cluster`: two nodes on one PostgreSQL and one Redis, both scraped, the dashboard
+/// provisioned; every file it mounts exists and each node's config is valid and distinct.
+#[test]
+fn the_cluster_compose_file_runs_two_nodes_on_one_ledger() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster");
+    let compose: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("compose.yaml")).unwrap())
+            .unwrap();
+    let services = compose["services"].as_mapping().unwrap();
+    for name in [
+        "node-a",
+        "node-b",
+        "postgres",
+        "redis",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(
+            services.contains_key(serde_yaml_ng::Value::from(name)),
+            "no service {name}"
+        );
+    }
+    // Every bind mount's source is in the repository.
+    for (_, service) in services {
+        for v in service["volumes"].as_sequence().into_iter().flatten() {
+            let source = v.as_str().unwrap().split(':').next().unwrap();
+            if source.starts_with('.') {
+                assert!(dir.join(source).exists(), "{source} is mounted but missing");
+            }
+        }
+    }
+    let env = BTreeMap::from([
+        (
+            "X402D_RPC_URL".to_owned(),
+            "http://127.0.0.1:8545".to_owned(),
+        ),
+        (
+            "X402D_GAS_KEY_1".to_owned(),
+            "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318".to_owned(),
+        ),
+        (
+            "X402D_GAS_KEY_2".to_owned(),
+            "0x8da4ef21b864d2cc526dbdb2a120bd2874c36c9d0a1fb7f8c63d7f7a8b41de8f".to_owned(),
+        ),
+        (
+            "X402D_DATABASE_URL".to_owned(),
+            "postgres://x402d:x402d@postgres:5432/x402d".to_owned(),
+        ),
+    ]);
+    let mut names = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let text = std::fs::read_to_string(dir.join(format!("{node}.toml"))).unwrap();
+        let config = Config::from_toml(&text, &env).unwrap();
+        assert!(config.server.redis_url.is_some(), "{node} shares Redis");
+        assert_eq!(config.gas_wallets.private_keys.len(), 2);
+        names.push(config.server.node_name());
+        // Its variables come from the compose file's environment.
+        for var in env.keys() {
+            assert!(
+                !text.contains(var.as_str())
+                    || compose["x-node"]["environment"][var.as_str()].is_string(),
+                "{var}"
+            );
+        }
+    }
+    assert_ne!(names[0], names[1], "nodes need distinct names");
+    let scrape: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("prometheus.yml")).unwrap())
+            .unwrap();
+    let targets = &scrape["scrape_configs"][0]["static_configs"][0]["targets"];
+    assert_eq!(targets.as_sequence().unwrap().len(), 2);
+    let provider: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(dir.join("grafana/dashboards.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        provider["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards")
+    );
+}

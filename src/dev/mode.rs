@@ -24,6 +24,11 @@ pub struct DevOptions {
     pub ledger_url: String,
     /// Gas wallets to fund and settle from (each is a lane).
     pub gas_wallets: usize,
+    /// Nodes serving the facilitator on one ledger (ports `port`, `port + 1`, …); above 1 the
+    /// ledger must be PostgreSQL. Dial runs on the first.
+    pub nodes: usize,
+    /// The Redis the nodes share (rate limits), when there are several.
+    pub redis_url: Option<String>,
     /// Start only the chain (contracts, funded wallets) and write a config for `x402d serve`.
     pub chain_only: bool,
     /// Where the ready `x402d.toml` is written.
@@ -46,6 +51,8 @@ pub struct DevEnvironment {
     pub eip712_name: String,
     pub eip712_version: String,
     pub facilitator_url: String,
+    /// Every node's URL, the first being `facilitator_url`.
+    pub facilitator_urls: Vec<String>,
     pub merchant_url: String,
     pub pay_to: String,
     pub gas_wallets: Vec<String>,
@@ -96,6 +103,8 @@ pub struct DevStack {
     pub chain: DevChain,
     /// `None` with `--chain-only`.
     pub server: Option<RunningServer>,
+    /// The other nodes, with `--nodes` above 1.
+    pub others: Vec<RunningServer>,
     pub env: DevEnvironment,
 }
 
@@ -105,6 +114,18 @@ const PAYER_FUNDS: u64 = 1_000_000_000;
 /// Starts anvil, places the contracts, funds the gas wallets and the payers, writes a ready config,
 /// and (unless `chain_only`) starts the service with it.
 pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
+    let nodes = opts.nodes.max(1);
+    if nodes > 1 && opts.ledger_url.starts_with("sqlite:") {
+        anyhow::bail!(
+            "--nodes {nodes} needs a ledger every node reaches: --ledger-url postgres://…"
+        );
+    }
+    if nodes > 1 && opts.chain_only {
+        anyhow::bail!("--nodes and --chain-only do not go together");
+    }
+    if usize::from(opts.port) + nodes - 1 > usize::from(u16::MAX) {
+        anyhow::bail!("--port {} and {nodes} nodes pass port 65535", opts.port);
+    }
     let chain = match &opts.fork_url {
         None => DevChain::start(opts.chain_id, None).await?,
         Some(url) => DevChain::fork(url, opts.fork_block, opts.fork_token).await?,
@@ -173,10 +194,21 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     ));
     let text = format!(
         "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
-         [server]\npublic = true\nlisten = \"127.0.0.1:{port}\"\n[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
+         [server]\npublic = true\nlisten = \"127.0.0.1:{port}\"\n{cluster}[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
          [exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [{keys}]\n\
          [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\nrefund_private_key = \"0x{refund_key}\"\n",
         refund_key = alloy::hex::encode(refund.to_bytes()),
+        cluster = if nodes > 1 {
+            format!(
+                "node_id = \"dev-0\"\n{}",
+                opts.redis_url
+                    .as_ref()
+                    .map(|r| format!("redis_url = {}\n", toml::Value::String(r.clone())))
+                    .unwrap_or_default()
+            )
+        } else {
+            String::new()
+        },
         ledger = opts.ledger_url,
         port = opts.port,
         rpc = chain.rpc_url(),
@@ -196,7 +228,21 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         let config = Config::from_toml(&text, &BTreeMap::new())?;
         Some(RunningServer::start(&config).await?)
     };
+    // Further nodes: the same chain, wallets and ledger under their own name and port, the
+    // Redis shared; Dial stays on the first (its jobs and refunds run in one place).
+    let mut others = Vec::new();
+    for i in 1..nodes {
+        // At most `last_port`, checked above.
+        let port = opts
+            .port
+            .saturating_add(u16::try_from(i).unwrap_or(u16::MAX));
+        let node_text = node_config(&text, i, port, opts.redis_url.as_deref());
+        let config = Config::from_toml(&node_text, &BTreeMap::new())?;
+        others.push(RunningServer::start(&config).await?);
+    }
     let url = server.as_ref().map_or(url, RunningServer::url);
+    let mut facilitator_urls = vec![url.clone()];
+    facilitator_urls.extend(others.iter().map(RunningServer::url));
     let env = DevEnvironment {
         rpc_url: chain.rpc_url(),
         chain_id,
@@ -205,6 +251,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         eip712_name: chain.usdc_name.clone(),
         eip712_version: chain.usdc_version.clone(),
         facilitator_url: url.clone(),
+        facilitator_urls,
         merchant_url: url,
         pay_to: pay_to.to_checksum(None),
         gas_wallets: gas.iter().map(|g| g.address().to_checksum(None)).collect(),
@@ -242,7 +289,41 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
     if let Some(path) = &opts.env_out {
         std::fs::write(path, serde_json::to_string_pretty(&env)?)?;
     }
-    Ok(DevStack { chain, server, env })
+    Ok(DevStack {
+        chain,
+        server,
+        others,
+        env,
+    })
+}
+
+/// Node `i`'s config from the first node's: its name, port and the shared Redis; no Dial.
+fn node_config(first: &str, i: usize, port: u16, redis_url: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut in_dial = false;
+    for line in first.lines() {
+        if line.starts_with('[') {
+            in_dial = line == "[dial]";
+        }
+        if in_dial || line.starts_with("node_id = ") || line.starts_with("redis_url = ") {
+            continue;
+        }
+        if line.starts_with("listen = ") {
+            out.push_str(&format!(
+                "listen = \"127.0.0.1:{port}\"\nnode_id = \"dev-{i}\"\n"
+            ));
+            if let Some(r) = redis_url {
+                out.push_str(&format!(
+                    "redis_url = {}\n",
+                    toml::Value::String(r.to_owned())
+                ));
+            }
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// What to try next, printed by `x402d dev`.

@@ -108,19 +108,4 @@ impl Ledger {
             expires_at: row.try_get("expires_at")?,
         })
     }
-
-    /// Gives a held lease up (a clean shutdown), so that another node need not wait for it to
-    /// expire.
-    pub async fn release_lease(&self, fence: &Fence) -> Result<(), LedgerError> {
-        sqlx::query(
-            "UPDATE lane_leases SET expires_at = 0 WHERE chain_id = $1 AND wallet = $2 AND holder = $3 AND fence = $4",
-        )
-        .bind(i64_of(fence.chain_id))
-        .bind(hex(fence.wallet.as_slice()))
-        .bind(&fence.holder)
-        .bind(fence.token)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
 }
