@@ -140,6 +140,22 @@ impl Limits {
         }
     }
 
+    /// Whether the shared Redis answers a PING within `within` (`None`: no Redis configured).
+    pub async fn probe(&self, within: Duration) -> Option<Result<(), String>> {
+        let Limits::Redis(client, _) = self else {
+            return None;
+        };
+        let ping = async {
+            let mut c = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        Some(match tokio::time::timeout(within, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        })
+    }
+
     /// A limiter of `per_minute` per client; `scope` keeps one route family's counts apart from
     /// another's in the shared store (`"ip"`, `"dial-ip"`, `"key"`).
     pub fn backend<K>(&self, scope: &'static str, per_minute: u32) -> Arc<dyn RateLimitBackend<K>>

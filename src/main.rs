@@ -228,6 +228,13 @@ enum BenchCommand {
         /// An extra `[settlement]` key of the server under load (`KEY=VALUE`, repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Facilitator nodes sharing one ledger, each loaded by its share of the connections.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
+        /// A PostgreSQL server for the shared ledger (`postgres://user@host/db`; a fresh database
+        /// is made on it for the run). Required above one node.
+        #[arg(long)]
+        ledger_url: Option<String>,
     },
     /// Seconds to heal: from a reorg to the payee made whole, from an outside send to the next
     /// settlement, from a dropped pool to the payment settled.
@@ -392,6 +399,8 @@ async fn main() -> anyhow::Result<()> {
                     block_time,
                     gas_wallets,
                     set,
+                    nodes,
+                    ledger_url,
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
@@ -413,6 +422,8 @@ async fn main() -> anyhow::Result<()> {
                 block_time,
                 gas_wallets,
                 settlement,
+                nodes,
+                ledger_url,
             };
             let report = x402d::dev::bench::settle_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

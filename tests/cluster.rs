@@ -362,3 +362,125 @@ mod a_stale_fence_writes_nothing {
         super::a_stale_fence_writes_nothing(Backend::Postgres).await
     }
 }
+
+/// A Redis of the test's own, to stop and start.
+struct OwnRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is needed (the CI script installs it)");
+        OwnRedis { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn ready(s: &Service) -> Value {
+    reqwest::get(format!("{}/ready", s.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_load_loses_and_doubles_nothing() {
+    let Some(h) = two_wallets(Backend::Postgres).await else {
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = OwnRedis::start(port);
+    let server = format!(
+        "redis_url = \"redis://127.0.0.1:{}\"\nrate_limit_per_minute = 100000",
+        redis.port
+    );
+    let a = Service::start_node(&h, LEASE, "", &format!("node_id = \"a\"\n{server}")).await;
+    let b = Service::start_node(&h, LEASE, "", &format!("node_id = \"b\"\n{server}")).await;
+    let started = Instant::now();
+    while ready(&a).await["degraded"] != serde_json::json!([]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Redis never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let payers = h.funded_payers(200, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies = h.v2_bodies(&payers, &req);
+    let urls = [a.url.clone(), b.url.clone()];
+    let jobs: Vec<(String, Value)> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| (urls[i % 2].clone(), body.clone()))
+        .collect();
+    let load = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for (url, body) in jobs {
+            if pending.len() >= 32
+                && let Some(a) = pending.next().await
+            {
+                answers.push(a);
+            }
+            pending.push(async move { post_settle(&url, &body).await });
+        }
+        while let Some(a) = pending.next().await {
+            answers.push(a);
+        }
+        answers
+    });
+    while h.usdc_balance(h.pay_to).await < U256::from(20 * ONE_CENT) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.stop();
+    for answer in load.await.unwrap() {
+        assert_eq!(answer.unwrap()["success"], true);
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(200 * ONE_CENT));
+    for p in payers.iter().step_by(11) {
+        assert_eq!(h.authorizations_used(p.address()).await, 1);
+    }
+    // Still ready, but degraded; Redis back, the fast path again.
+    let r = ready(&a).await;
+    assert_eq!(r["ready"], true, "{r}");
+    assert_eq!(r["degraded"], serde_json::json!(["redis"]), "{r}");
+    let _back = OwnRedis::start(port);
+    let started = Instant::now();
+    while ready(&b).await["degraded"] != serde_json::json!([]) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "Redis never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    assert_clean_ledger(&h, &ledger).await;
+}

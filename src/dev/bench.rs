@@ -32,6 +32,32 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
+/// A new database for one run on the PostgreSQL server of `url` (its path names any database
+/// the user may connect to); returns its URL.
+async fn fresh_postgres(url: &str) -> Result<String, BenchError> {
+    use sqlx::Connection;
+    let err = |e: sqlx::Error| BenchError::Config(format!("{url}: {e}"));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let Some((server, _)) = base.rsplit_once('/').filter(|(s, _)| s.contains("://")) else {
+        return Err(BenchError::Config(format!(
+            "{url} is not postgres://host/database"
+        )));
+    };
+    let name = format!("x402d_bench_{}_{}", unix_now(), std::process::id());
+    let mut c = sqlx::postgres::PgConnection::connect(url)
+        .await
+        .map_err(err)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut c)
+        .await
+        .map_err(err)?;
+    Ok(if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    })
+}
+
 /// What a wrk run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WrkReport {
@@ -61,6 +87,8 @@ pub struct VerifyLoad {
 pub struct BenchEnv {
     pub chain: DevChain,
     pub server: RunningServer,
+    /// Further nodes on the same ledger ([`BenchEnv::start_cluster`]).
+    pub others: Vec<RunningServer>,
     pub payers: Vec<PrivateKeySigner>,
     pub pay_to: Address,
     pub gas_keys: Vec<PrivateKeySigner>,
@@ -85,6 +113,20 @@ impl BenchEnv {
         settlement: &str,
         gas_wallets: usize,
     ) -> Result<BenchEnv, BenchError> {
+        BenchEnv::start_cluster(payers, block_time, settlement, gas_wallets, 1, None).await
+    }
+
+    /// As [`BenchEnv::start_with`], with `nodes` facilitators on one ledger: `ledger` names a
+    /// PostgreSQL server, on which a fresh database is made for the run (required above one
+    /// node; default a SQLite file).
+    pub async fn start_cluster(
+        payers: usize,
+        block_time: Option<u64>,
+        settlement: &str,
+        gas_wallets: usize,
+        nodes: usize,
+        ledger: Option<&str>,
+    ) -> Result<BenchEnv, BenchError> {
         let chain = DevChain::start(84532, block_time).await?;
         let mut env = BTreeMap::new();
         let mut refs = Vec::new();
@@ -102,18 +144,31 @@ impl BenchEnv {
             gas_keys.push(gas);
         }
         let dir = tempdir()?;
+        let ledger_url = match ledger {
+            Some(server) => fresh_postgres(server).await?,
+            None if nodes > 1 => {
+                return Err(BenchError::Config(
+                    "several nodes need --ledger-url postgres://…".into(),
+                ));
+            }
+            None => format!("sqlite://{}/ledger.db", dir.display()),
+        };
         let text = format!(
-            "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[[networks.tokens]]\naddress = \"{}\"\nname = \"{}\"\ndecimals = {}\ntransfer_methods = [\"permit2\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"sqlite://{}/ledger.db\"\n[settlement]\n{settlement}\n",
+            "[server]\npublic = true\nlisten = \"127.0.0.1:0\"\n{{node}}[[networks]]\nchain_id = 84532\nrpc_urls = [\"{}\"]\n[[networks.tokens]]\naddress = \"{}\"\nname = \"{}\"\ndecimals = {}\ntransfer_methods = [\"permit2\"]\n[gas_wallets]\nprivate_keys = [{}]\n[ledger]\nurl = \"{ledger_url}\"\n[settlement]\n{settlement}\n",
             chain.rpc_url(),
             chain.plain_token,
             super::chain::PLAIN_TOKEN_NAME,
             super::chain::PLAIN_TOKEN_DECIMALS,
             refs.join(", "),
-            dir.display(),
         );
-        let config =
-            Config::from_toml(&text, &env).map_err(|e| BenchError::Config(e.to_string()))?;
-        let server = RunningServer::start(&config).await?;
+        let mut servers = Vec::new();
+        for i in 0..nodes.max(1) {
+            let text = text.replace("{node}", &format!("node_id = \"bench-{i}\"\n"));
+            let config =
+                Config::from_toml(&text, &env).map_err(|e| BenchError::Config(e.to_string()))?;
+            servers.push(RunningServer::start(&config).await?);
+        }
+        let server = servers.remove(0);
         // Several mints in flight at once (the provider hands out the funder's nonces in order).
         let funded: Vec<PrivateKeySigner> = futures::stream::iter((0..payers).map(|_| async {
             let p = PrivateKeySigner::random();
@@ -133,6 +188,7 @@ impl BenchEnv {
         Ok(BenchEnv {
             chain,
             server,
+            others: servers,
             payers: funded,
             pay_to,
             gas_keys,
@@ -371,6 +427,11 @@ pub struct SettleLoad {
     pub gas_wallets: usize,
     /// Extra `[settlement]` keys (TOML lines), to measure a setting.
     pub settlement: String,
+    /// Facilitator nodes on one ledger, each loaded by its own share of the connections.
+    pub nodes: usize,
+    /// A PostgreSQL server for the shared ledger (a fresh database is made); required above one
+    /// node.
+    pub ledger_url: Option<String>,
 }
 
 /// What `x402d bench settle` measured.
@@ -385,36 +446,57 @@ pub struct SettleReport {
     pub gas_wallets: usize,
     /// Wallets that sent at least one mined transaction.
     pub wallets_used: usize,
+    pub nodes: usize,
+    /// Each node's own wrk run, when there are several (`wrk` above: their sum; percentiles the
+    /// worst node's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_node: Vec<WrkReport>,
 }
 
 /// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments.
 pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> {
-    let env = BenchEnv::start_with(
+    let env = BenchEnv::start_cluster(
         opts.payers,
         opts.block_time,
         &format!("settle_timeout_seconds = 25\n{}", opts.settlement),
         opts.gas_wallets,
+        opts.nodes,
+        opts.ledger_url.as_deref(),
     )
     .await?;
     let bodies = env.signed_bodies(opts.payments)?;
     let dir = tempdir()?;
-    let file = dir.join("settle-bodies.jsonl");
-    std::fs::write(&file, bodies)?;
-    let url = env.server.url();
-    let (threads, connections, duration) = (opts.threads, opts.connections, opts.duration_s);
-    let wrk = tokio::task::spawn_blocking(move || {
-        run_wrk(
-            &url,
-            "/settle",
-            &file,
-            "\"success\":true",
-            threads,
-            connections,
-            duration,
-        )
-    })
-    .await
-    .map_err(|e| BenchError::Wrk(e.to_string()))??;
+    let mut urls = vec![env.server.url()];
+    urls.extend(env.others.iter().map(RunningServer::url));
+    // Each node gets its own payments (every n-th line) and its share of the connections.
+    let n = urls.len();
+    let lines: Vec<&str> = bodies.lines().collect();
+    let mut runs = Vec::new();
+    for (i, url) in urls.into_iter().enumerate() {
+        let file = dir.join(format!("settle-bodies-{i}.jsonl"));
+        let mine: Vec<&str> = lines.iter().skip(i).step_by(n).copied().collect();
+        std::fs::write(&file, mine.join("\n") + "\n")?;
+        let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+        let threads = (opts.threads / n32).max(1);
+        let connections = (opts.connections / n32).max(threads);
+        let duration = opts.duration_s;
+        runs.push(tokio::task::spawn_blocking(move || {
+            run_wrk(
+                &url,
+                "/settle",
+                &file,
+                "\"success\":true",
+                threads,
+                connections,
+                duration,
+            )
+        }));
+    }
+    let mut per_node = Vec::new();
+    for r in runs {
+        per_node.push(r.await.map_err(|e| BenchError::Wrk(e.to_string()))??);
+    }
+    let wrk = combined(&per_node);
     if wrk.requests as usize > opts.payments {
         tracing::warn!(
             requests = wrk.requests,
@@ -437,8 +519,13 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         .map_err(|e| BenchError::Config(e.to_string()))?;
     let gas: u64 = txs.iter().filter_map(|t| t.gas_used).sum();
     env.server.stop().await;
+    for o in env.others {
+        o.stop().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(SettleReport {
+        nodes: n,
+        per_node: if n > 1 { per_node } else { Vec::new() },
         wrk,
         block_time_s: opts.block_time,
         payments_confirmed: confirmed,
@@ -453,6 +540,23 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
             .collect::<std::collections::HashSet<_>>()
             .len(),
     })
+}
+
+/// Several simultaneous wrk runs as one: counts and rates add up, latencies are the worst run's
+/// (an upper bound of the merged percentile).
+fn combined(runs: &[WrkReport]) -> WrkReport {
+    let max = |f: fn(&WrkReport) -> f64| runs.iter().map(f).fold(0.0, f64::max);
+    WrkReport {
+        requests: runs.iter().map(|r| r.requests).sum(),
+        duration_s: max(|r| r.duration_s),
+        requests_per_s: runs.iter().map(|r| r.requests_per_s).sum(),
+        p50_ms: max(|r| r.p50_ms),
+        p90_ms: max(|r| r.p90_ms),
+        p99_ms: max(|r| r.p99_ms),
+        max_ms: max(|r| r.max_ms),
+        unexpected: runs.iter().map(|r| r.unexpected).sum(),
+        socket_errors: runs.iter().map(|r| r.socket_errors).sum(),
+    }
 }
 
 /// What `x402d bench recovery` measured, in seconds.

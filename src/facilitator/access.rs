@@ -127,6 +127,11 @@ impl Access {
         }
     }
 
+    /// Where the limits are counted.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.limits
+    }
+
     /// Counts a request of `key` against its `per_minute`, if it has one.
     ///
     /// # Errors

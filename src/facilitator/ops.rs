@@ -61,6 +61,9 @@ pub struct Readiness {
     pub ready: bool,
     /// The names of the checks that failed.
     pub failed: Vec<&'static str>,
+    /// Checks that failed without stopping the node: it serves, only slower (Redis away: limits
+    /// are counted per node).
+    pub degraded: Vec<&'static str>,
     pub checks: Value,
 }
 
@@ -170,7 +173,9 @@ impl Facilitator {
                 .iter()
                 .map(|n| probe_chain(n, &self.signers)),
         );
-        let (database, migrations, probes) = tokio::join!(database, migrations, probes);
+        let redis = self.access.limits().probe(PROBE_TIMEOUT);
+        let (database, migrations, probes, redis) =
+            tokio::join!(database, migrations, probes, redis);
 
         let mut rpc = Map::new();
         let mut wallets: Vec<(String, Map<String, Value>, bool)> = self
@@ -235,10 +240,21 @@ impl Facilitator {
         if settlement.iter().any(|c| c["ok"] != true) {
             failed.push("settlement");
         }
+        let mut degraded = Vec::new();
+        let redis = match redis {
+            None => json!({"ok": true, "configured": false}),
+            Some(Ok(())) => json!({"ok": true, "configured": true}),
+            Some(Err(e)) => {
+                degraded.push("redis");
+                json!({"ok": false, "configured": true, "error": e})
+            }
+        };
         Readiness {
             ready: failed.is_empty(),
             failed,
+            degraded,
             checks: json!({
+                "redis": redis,
                 "database": database,
                 "migrations": migrations,
                 "rpc": rpc,
