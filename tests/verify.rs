@@ -728,3 +728,108 @@ async fn coalesced_simulations_run_in_order_on_one_state() {
         U256::from(ONE_CENT * 2)
     );
 }
+
+/// The process's resident memory, from /proc (Linux).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Every seed of the fuzz corpora posted to the real routes, then 10,000 invalid payloads (each a
+/// different mutation of a good one) at full speed: never a 5xx, the same payloads refused for
+/// the same reasons, memory bounded, and not a wei of gas spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzz_seeds_and_ten_thousand_invalid_payloads_cost_nothing() {
+    use alloy::providers::Provider;
+    use base64::Engine;
+    use futures::StreamExt;
+    let h = Harness::start().await;
+    let gas = h.gas_key.address();
+    let p = h.chain.provider();
+    let gas_before = p.get_balance(gas).await.unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for (corpus, route) in [
+        ("facilitator_request", "/verify"),
+        ("facilitator_request", "/settle"),
+        ("header_decode", "/verify"),
+    ] {
+        for seed in std::fs::read_dir(root.join(corpus)).unwrap() {
+            let bytes = std::fs::read(seed.unwrap().path()).unwrap();
+            let (status, answer) = h.post(route, bytes).await;
+            assert!(
+                (200..500).contains(&status),
+                "{corpus} {route}: {status} {answer}"
+            );
+        }
+    }
+    let payer = h.funded_payer(ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let good = h.body(2, &req, &h.sign(&payer, &req));
+    let text = serde_json::to_string(&good).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&text);
+    let sig = good["paymentPayload"]["payload"]["signature"]
+        .as_str()
+        .unwrap();
+    let sig_at = text.find(sig).unwrap() + 2;
+    // Mutations, each surely invalid: a signature byte changed, the body cut, the amount
+    // changed, another signature, the body as cut base64.
+    let mutants: Vec<Vec<u8>> = (0..10_000usize)
+        .map(|i| {
+            let mut b = text.clone().into_bytes();
+            match i % 5 {
+                0 => {
+                    // A byte of the signature's hex: another signature, or no hex at all.
+                    let at = sig_at + (i * 7919) % 130;
+                    b[at] ^= 1 + (i as u8 % 7);
+                    b
+                }
+                1 => b[..(i * 31) % b.len()].to_vec(),
+                2 => {
+                    let mut v = good.clone();
+                    v["paymentPayload"]["payload"]["authorization"]["value"] = json!(i);
+                    serde_json::to_vec(&v).unwrap()
+                }
+                3 => {
+                    let mut v = good.clone();
+                    v["paymentPayload"]["payload"]["signature"] =
+                        json!(format!("0x{:0>130x}", i + 1));
+                    serde_json::to_vec(&v).unwrap()
+                }
+                _ => b64.as_bytes()[..(i * 13) % b64.len()].to_vec(),
+            }
+        })
+        .collect();
+    let before = rss_bytes();
+    let statuses: Vec<u16> =
+        futures::stream::iter(mutants.into_iter().enumerate().map(|(i, body)| {
+            let route = if i % 2 == 0 { "/settle" } else { "/verify" };
+            let h = &h;
+            async move { h.post(route, body).await.0 }
+        }))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| (200..500).contains(s)),
+        "a 5xx: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s >= 500)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(grown < 200 << 20, "resident memory grew {grown} bytes");
+    assert!(h.ledger().transactions(CHAIN_ID).await.unwrap().is_empty());
+    assert_eq!(p.get_transaction_count(gas).await.unwrap(), 0);
+    assert_eq!(p.get_balance(gas).await.unwrap(), gas_before);
+    // The good one still settles.
+    let (_, ok) = h.settle(&good).await;
+    assert_eq!(ok["success"], true, "{ok}");
+}
