@@ -19,6 +19,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A port whose next one is free too (for `--nodes 2`), both held until the pair is found.
+fn free_port_pair() -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
 #[tokio::test]
 async fn dev_env_out_pays_and_sigterm_stops_everything() {
     let dir = tempfile::tempdir().unwrap();
@@ -285,6 +297,35 @@ async fn wait_for_json(path: &std::path::Path) -> Value {
     panic!("{} was never written", path.display());
 }
 
+/// Waits for `x402d dev` to write its `--env-out`; fails at once, with the exit status and what it
+/// printed (its stderr goes to `log`), if it exits first.
+async fn wait_for_env(
+    child: &mut tokio::process::Child,
+    path: &std::path::Path,
+    log: &std::path::Path,
+) -> Value {
+    let printed = || std::fs::read_to_string(log).unwrap_or_default();
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            return v;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "x402d dev exited ({status}) before writing --env-out:\n{}",
+                printed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} was never written in 60 s; x402d dev printed:\n{}",
+        path.display(),
+        printed()
+    );
+}
+
 /// Sends SIGTERM and waits for a clean exit (SIGKILL would orphan the child's anvil).
 async fn terminate(child: &mut tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
@@ -491,7 +532,8 @@ async fn dev_nodes_share_one_ledger_and_any_node_settles() {
     };
     let dir = tempfile::tempdir().unwrap();
     let env_path = dir.path().join("env.json");
-    let port = free_port();
+    let port = free_port_pair();
+    let log = dir.path().join("dev.stderr");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
         .args([
             "dev",
@@ -508,13 +550,13 @@ async fn dev_nodes_share_one_ledger_and_any_node_settles() {
         .arg(&ledger_url)
         .arg("--config-out")
         .arg(dir.path().join("x402d.toml"))
-        .env("X402D_LOG", "warn")
+        .env("X402D_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let env = wait_for_json(&env_path).await;
+    let env = wait_for_env(&mut child, &env_path, &log).await;
     let first = env["facilitator_url"].as_str().unwrap().to_owned();
     let second = format!("http://127.0.0.1:{}", port + 1);
     assert_eq!(env["facilitator_urls"], serde_json::json!([first, second]));
