@@ -292,6 +292,11 @@ pub struct SettlementSection {
     /// it): nodes sharing a ledger take over a dead node's lanes this long after it stopped.
     #[serde(default = "default_lease")]
     pub lane_lease_seconds: u64,
+    /// Nodes sharing a ledger spread the gas wallets' lanes among them (each holds at most
+    /// ceil(lanes / live nodes) and hands an extra one over once it is idle). `false`: a node
+    /// keeps every lane it takes, as when one node is meant to send everything.
+    #[serde(default = "yes")]
+    pub spread_lanes: bool,
 }
 
 impl Default for SettlementSection {
@@ -309,6 +314,7 @@ impl Default for SettlementSection {
             finality_blocks: default_finality(),
             max_in_flight_per_wallet: default_max_in_flight(),
             lane_lease_seconds: default_lease(),
+            spread_lanes: true,
         }
     }
 }

@@ -136,6 +136,7 @@ impl Facilitator {
             valid_before_buffer_seconds: config.exact.valid_before_buffer_seconds,
             node: config.server.node_name(),
             lane_lease: Duration::from_secs(s.lane_lease_seconds),
+            spread_lanes: s.spread_lanes,
         };
         let policies = config
             .networks

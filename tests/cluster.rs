@@ -171,6 +171,76 @@ async fn two_nodes_settle_every_payment_once_and_duplicates_get_one_hash() {
     }
 }
 
+/// Lanes `s` holds now (neither sent by another node nor being handed over).
+async fn held_lanes(s: &Service) -> usize {
+    lanes(s)
+        .await
+        .values()
+        .filter(|h| !h.starts_with("sent by") && !h.starts_with("handing over"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_spread_over_the_live_nodes_and_return_when_one_dies() {
+    let Some(h) = two_wallets(Backend::Postgres).await else {
+        return;
+    };
+    // Batches of 5, so that the load needs many transactions (one node's batcher could take
+    // a whole wave of payments into one).
+    let small = format!("{LEASE}\nbatch_max_items = 5");
+    let a = Service::start_node(&h, &small, "", "node_id = \"a\"").await;
+    wait_holding_all(&a, Duration::from_secs(10)).await;
+    // b comes up: a hands one lane over, and each node sends for one wallet.
+    let b = Service::start_node(&h, &small, "", "node_id = \"b\"").await;
+    let started = Instant::now();
+    loop {
+        let (ha, hb) = (held_lanes(&a).await, held_lanes(&b).await);
+        if (ha, hb) == (1, 1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "lanes never spread: a {:?} b {:?}",
+            lanes(&a).await,
+            lanes(&b).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let payers = h.funded_payers(100, ONE_CENT).await;
+    let req = h.requirement(ONE_CENT);
+    let bodies = h.v2_bodies(&payers, &req);
+    let answers = futures::future::join_all(
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| post_settle(if i % 2 == 0 { &a.url } else { &b.url }, body)),
+    )
+    .await;
+    for answer in answers {
+        let answer = answer.unwrap();
+        assert_eq!(answer["success"], true, "{answer}");
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(100 * ONE_CENT));
+    for k in &h.gas_keys {
+        assert!(
+            nonce_of(&h, k.address()).await > 0,
+            "wallet {} sent nothing: the lanes were not shared",
+            k.address()
+        );
+    }
+    let ledger = Ledger::connect(&h.ledger_url).await.unwrap();
+    assert_clean_ledger(&h, &ledger).await;
+    // b dies: once its lease and its presence run out, a holds both lanes again and settles.
+    b.kill_9();
+    wait_holding_all(&a, Duration::from_secs(20)).await;
+    let more = h.funded_payers(4, ONE_CENT).await;
+    for body in h.v2_bodies(&more, &req) {
+        assert_eq!(post_settle(&a.url, &body).await.unwrap()["success"], true);
+    }
+    assert_eq!(h.usdc_balance(h.pay_to).await, U256::from(104 * ONE_CENT));
+    assert_clean_ledger(&h, &ledger).await;
+}
+
 /// Deterministic scatter without a dependency.
 fn rand_bit(i: usize) -> bool {
     (i.wrapping_mul(2_654_435_761) >> 7) & 1 == 1
@@ -187,7 +257,7 @@ async fn a_killed_node_s_lanes_pass_to_the_other_and_nothing_is_paid_twice() {
     let payers = h.funded_payers(60, ONE_CENT).await;
     let req = h.requirement(ONE_CENT);
     let bodies = h.v2_bodies(&payers, &req);
-    // Load on the node that holds every lane; it dies in the middle of it.
+    // Load on a (by now it has handed one lane to b); it dies in the middle of it.
     let a_url = a.url.clone();
     let load = tokio::spawn({
         let bodies = bodies.clone();
@@ -255,15 +325,22 @@ async fn a_node_paused_past_its_lease_sends_nothing_when_it_resumes() {
     };
     // Resumed, the old holder finds its fence gone: it signs and sends nothing, and the rest of
     // the payments, sent to it, are settled by the new holder.
+    // (Each of its lanes is seen let go; b may then hand one back to it, under a new fence.)
     signal("-CONT");
     let started = Instant::now();
+    let mut let_go = std::collections::HashSet::new();
     loop {
         let l = lanes(&a).await;
-        if l.values().all(|h| h.starts_with("sent by")) {
+        let_go.extend(
+            l.iter()
+                .filter(|(_, h)| h.starts_with("sent by"))
+                .map(|(w, _)| w.clone()),
+        );
+        if let_go.len() == l.len() {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "{l:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (k, before) in h.gas_keys.iter().zip(&nonces) {
         assert_eq!(nonce_of(&h, k.address()).await, *before);
@@ -286,7 +363,7 @@ async fn a_stale_fence_writes_nothing(backend: Backend) {
     let wallet = Address::random();
     let short = Duration::from_millis(50);
     let Lease::Held(first) = ledger
-        .take_lease(CHAIN_ID, wallet, "a", None, short)
+        .take_lease(CHAIN_ID, wallet, "a", None, short, true)
         .await
         .unwrap()
     else {
@@ -294,12 +371,12 @@ async fn a_stale_fence_writes_nothing(backend: Backend) {
     };
     // Held and unexpired: another node cannot take it.
     assert!(matches!(
-        ledger.take_lease(CHAIN_ID, wallet, "b", None, short).await.unwrap(),
+        ledger.take_lease(CHAIN_ID, wallet, "b", None, short, true).await.unwrap(),
         Lease::Elsewhere { ref holder, .. } if holder == "a"
     ));
     tokio::time::sleep(short * 2).await;
     let Lease::Held(second) = ledger
-        .take_lease(CHAIN_ID, wallet, "b", None, Duration::from_secs(30))
+        .take_lease(CHAIN_ID, wallet, "b", None, Duration::from_secs(30), true)
         .await
         .unwrap()
     else {
@@ -309,7 +386,7 @@ async fn a_stale_fence_writes_nothing(backend: Backend) {
     // The old holder can neither renew nor write.
     assert!(matches!(
         ledger
-            .take_lease(CHAIN_ID, wallet, "a", Some(first.token), short)
+            .take_lease(CHAIN_ID, wallet, "a", Some(first.token), short, true)
             .await
             .unwrap(),
         Lease::Elsewhere { .. }
@@ -334,7 +411,7 @@ async fn a_stale_fence_writes_nothing(backend: Backend) {
     // A node restarted under its name (no fence in hand) takes its lane back at once, with a
     // new fence; the old fence is dead.
     let Lease::Held(third) = ledger
-        .take_lease(CHAIN_ID, wallet, "b", None, Duration::from_secs(30))
+        .take_lease(CHAIN_ID, wallet, "b", None, Duration::from_secs(30), true)
         .await
         .unwrap()
     else {
@@ -349,6 +426,95 @@ async fn a_stale_fence_writes_nothing(backend: Backend) {
         ledger.record_batch(&[], &t2, &second).await,
         Err(LedgerError::Fenced { .. })
     ));
+}
+
+/// The fair share at the ledger: alone a node keeps every lane; a second live node makes the
+/// first hand its last lane over, which it cannot then take back while it has its share.
+async fn lanes_are_shared_out_among_live_nodes(backend: Backend) {
+    let Some((url, _dir)) = fresh_database(backend).await else {
+        return;
+    };
+    let ledger = Ledger::connect(&url).await.unwrap();
+    let mut wallets: Vec<Address> = (0..3).map(|_| Address::random()).collect();
+    wallets.sort();
+    let ttl = Duration::from_secs(30);
+    ledger.heartbeat(CHAIN_ID, "a").await.unwrap();
+    let mut fences = Vec::new();
+    for w in &wallets {
+        let Lease::Held(f) = ledger
+            .take_lease(CHAIN_ID, *w, "a", None, ttl, true)
+            .await
+            .unwrap()
+        else {
+            panic!("a free lease is taken");
+        };
+        fences.push(f);
+    }
+    let alone = ledger.lane_share(CHAIN_ID, "a", 3, ttl).await.unwrap();
+    assert_eq!((alone.held.clone(), alone.fair), (wallets.clone(), 3));
+    assert!(wallets.iter().all(|w| !alone.should_hand_over(*w)));
+    // b comes alive: a's share is ceil(3 / 2) = 2 and its last lane is the one to give.
+    ledger.heartbeat(CHAIN_ID, "b").await.unwrap();
+    let a = ledger.lane_share(CHAIN_ID, "a", 3, ttl).await.unwrap();
+    assert_eq!(a.fair, 2);
+    let giving: Vec<bool> = wallets.iter().map(|w| a.should_hand_over(*w)).collect();
+    assert_eq!(giving, [false, false, true]);
+    let b = ledger.lane_share(CHAIN_ID, "b", 3, ttl).await.unwrap();
+    assert!(b.held.is_empty() && b.may_take(wallets[2]));
+    assert!(ledger.release_lease(&fences[2]).await.unwrap());
+    // Released, a holds its share: it neither renews nor retakes the lane.
+    let a = ledger.lane_share(CHAIN_ID, "a", 3, ttl).await.unwrap();
+    assert_eq!(a.held, wallets[..2]);
+    assert!(!a.may_take(wallets[2]));
+    assert!(matches!(
+        ledger
+            .take_lease(CHAIN_ID, wallets[2], "a", Some(fences[2].token), ttl, false)
+            .await
+            .unwrap(),
+        Lease::Elsewhere { .. }
+    ));
+    let Lease::Held(taken) = ledger
+        .take_lease(CHAIN_ID, wallets[2], "b", None, ttl, true)
+        .await
+        .unwrap()
+    else {
+        panic!("b takes the released lane");
+    };
+    assert!(taken.token > fences[2].token);
+    // The fence a gave up writes nothing.
+    let t = NewTransaction {
+        chain_id: CHAIN_ID,
+        wallet: wallets[2],
+        nonce: 0,
+        raw_tx: Bytes::from_static(b"\x02"),
+        tx_hash: B256::random(),
+        gas_limit: 21_000,
+        max_fee_per_gas: 1,
+        max_priority_fee_per_gas: 1,
+    };
+    assert!(matches!(
+        ledger.record_batch(&[], &t, &fences[2]).await,
+        Err(LedgerError::Fenced { .. })
+    ));
+    // A node not seen within the lease counts out: a alone again, its share is every lane.
+    let short = Duration::from_millis(200);
+    tokio::time::sleep(short * 2).await;
+    ledger.heartbeat(CHAIN_ID, "a").await.unwrap();
+    let a = ledger.lane_share(CHAIN_ID, "a", 3, short).await.unwrap();
+    assert_eq!(a.fair, 3);
+    assert!(a.may_take(wallets[2]));
+}
+
+mod lanes_are_shared_out_among_live_nodes {
+    use super::*;
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::lanes_are_shared_out_among_live_nodes(Backend::Sqlite).await
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::lanes_are_shared_out_among_live_nodes(Backend::Postgres).await
+    }
 }
 
 mod a_stale_fence_writes_nothing {

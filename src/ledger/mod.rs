@@ -24,7 +24,7 @@ pub use crate::clock::now_ms;
 pub use catalogue::{CatalogueEntry, Sighting};
 pub use identifiers::BoundIdentifier;
 pub use keys::ApiKeyRecord;
-pub use leases::{Fence, Lease};
+pub use leases::{Fence, LaneShare, Lease};
 pub use rows::{
     Deploy, Method, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus,
 };

@@ -129,7 +129,7 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
         let busy = ctx.lanes.iter().all(|l| {
             matches!(
                 l.shared.health(),
-                LaneHealth::Ready | LaneHealth::Elsewhere(_)
+                LaneHealth::Ready | LaneHealth::Elsewhere(_) | LaneHealth::HandingOver
             )
         });
         ctx.set_waiting((queued > 0 && !busy).then(|| format!("no gas wallet can send ({why})")));

@@ -82,6 +82,8 @@ struct Lane {
     /// The fence this process last held (`None`: never; a restart under the same name takes the
     /// lane back at once, a node that lost its fence waits for the lease to expire).
     last_fence: Option<i64>,
+    /// Handing the lane to another node: no new batches; the lease ends once nothing is in flight.
+    handing_over: bool,
 }
 
 pub(super) async fn run(
@@ -101,6 +103,7 @@ pub(super) async fn run(
         fence: None,
         renewed: Instant::now(),
         last_fence: None,
+        handing_over: false,
     };
     loop {
         if !lane.hold(&mut batches).await {
@@ -133,6 +136,7 @@ impl Lane {
         let ctx = Arc::clone(&self.ctx);
         let cfg = &ctx.config;
         loop {
+            let take_expired = self.may_take().await;
             let wait = match ctx
                 .ledger
                 .take_lease(
@@ -141,6 +145,7 @@ impl Lane {
                     &cfg.node,
                     self.last_fence,
                     cfg.lane_lease,
+                    take_expired,
                 )
                 .await
             {
@@ -161,8 +166,13 @@ impl Lane {
                     self.shared.set_health(LaneHealth::Elsewhere(holder));
                     let left = u64::try_from(expires_at.saturating_sub(crate::clock::now_ms()))
                         .unwrap_or(0);
-                    Duration::from_millis(left)
-                        .clamp(Duration::from_millis(100), cfg.lane_lease / 3)
+                    if take_expired {
+                        Duration::from_millis(left)
+                            .clamp(Duration::from_millis(100), cfg.lane_lease / 3)
+                    } else {
+                        // Left to a node below its share; looked at again in case none comes.
+                        cfg.lane_lease / 3
+                    }
                 }
                 Err(e) => {
                     ctx.metrics.ledger_errors.inc();
@@ -203,11 +213,14 @@ impl Lane {
                 &fence.holder,
                 Some(fence.token),
                 lease,
+                // Its own lease, even if it ran out unnoticed: nobody else took it.
+                true,
             )
             .await
         {
             Ok(Lease::Held(f)) if f.token == fence.token => {
                 self.renewed = Instant::now();
+                self.review_share().await;
                 true
             }
             Ok(_) => {
@@ -220,6 +233,105 @@ impl Lane {
                 self.lease_fresh()
             }
         }
+    }
+
+    /// Whether this node may take the lane's lease once it expires: always, unless lanes are
+    /// spread and this node already holds its fair share (or the share cannot be read: then as
+    /// if alone).
+    async fn may_take(&self) -> bool {
+        let cfg = &self.ctx.config;
+        if !cfg.spread_lanes {
+            return true;
+        }
+        match self
+            .ctx
+            .ledger
+            .lane_share(
+                self.ctx.chain_id(),
+                &cfg.node,
+                self.ctx.lanes.len(),
+                cfg.lane_lease,
+            )
+            .await
+        {
+            Ok(share) => share.may_take(self.shared.wallet),
+            Err(e) => {
+                self.ctx.metrics.ledger_errors.inc();
+                tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot read the lanes' share");
+                true
+            }
+        }
+    }
+
+    /// After a renewal: starts handing the lane over when this node holds more than its fair
+    /// share and this is the lane to give (the last of its lanes by address), or stops doing so
+    /// when the share grew again (a node left).
+    async fn review_share(&mut self) {
+        let cfg = &self.ctx.config;
+        if !cfg.spread_lanes {
+            return;
+        }
+        let share = match self
+            .ctx
+            .ledger
+            .lane_share(
+                self.ctx.chain_id(),
+                &cfg.node,
+                self.ctx.lanes.len(),
+                cfg.lane_lease,
+            )
+            .await
+        {
+            Ok(share) => share,
+            Err(e) => {
+                self.ctx.metrics.ledger_errors.inc();
+                tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot read the lanes' share");
+                return;
+            }
+        };
+        let give = share.should_hand_over(self.shared.wallet);
+        if give != self.handing_over {
+            self.handing_over = give;
+            if give {
+                tracing::info!(wallet = %self.shared.wallet, held = share.held.len(), fair = share.fair, "handing the lane to another node once its transactions are mined");
+                self.shared.set_health(LaneHealth::HandingOver);
+            } else {
+                self.set_ready();
+            }
+        }
+    }
+
+    /// Ends the lease of a lane being handed over once nothing of it is in flight. True when
+    /// it was let go.
+    async fn hand_over(&mut self) -> bool {
+        if !self.handing_over || !self.slots.is_empty() {
+            return false;
+        }
+        let Some(fence) = self.fence.clone() else {
+            return false;
+        };
+        match self.ctx.ledger.release_lease(&fence).await {
+            Ok(_) => {
+                tracing::info!(wallet = %self.shared.wallet, fence = fence.token, "lane handed over: its lease is free for another node");
+                self.handing_over = false;
+                self.let_go();
+                true
+            }
+            Err(e) => {
+                self.ctx.metrics.ledger_errors.inc();
+                tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot end the lane's lease; trying again");
+                false
+            }
+        }
+    }
+
+    /// Back to taking batches, unless the lane is being handed over.
+    fn set_ready(&self) {
+        self.shared.set_health(if self.handing_over {
+            LaneHealth::HandingOver
+        } else {
+            LaneHealth::Ready
+        });
     }
 
     /// Whether the lease is surely still this node's (renewed less than its life ago).
@@ -262,7 +374,11 @@ impl Lane {
                 _ = tokio::time::sleep(poll) => {}
             }
             if !lane.keep_lease().await {
+                lane.handing_over = false;
                 lane.let_go();
+                return true;
+            }
+            if lane.hand_over().await {
                 return true;
             }
             if lane.shared.resync.swap(false, Ordering::Relaxed) {
@@ -799,7 +915,7 @@ impl Lane {
             self.shared.resync.store(true, Ordering::Relaxed);
             tracing::warn!(wallet = %self.shared.wallet, error = %e, "lane cannot resynchronise; retrying");
         } else if matches!(self.shared.health(), LaneHealth::Stalled(_)) {
-            self.shared.set_health(LaneHealth::Ready);
+            self.set_ready();
             self.ctx.lane_freed.notify_one();
         }
     }
@@ -960,7 +1076,7 @@ impl Lane {
         let balance = U256::from(balance);
         if balance >= self.needed {
             tracing::info!(wallet = %self.shared.wallet, %balance, "gas wallet funded; taking batches again");
-            self.shared.set_health(LaneHealth::Ready);
+            self.set_ready();
             self.ctx.lane_freed.notify_one();
         } else {
             self.shared.set_health(LaneHealth::Dry {

@@ -66,6 +66,8 @@ pub struct SettlementConfig {
     pub node: String,
     /// A lane lease's life unrenewed.
     pub lane_lease: Duration,
+    /// Hand lanes over to other live nodes beyond a fair share (see `settlement.spread_lanes`).
+    pub spread_lanes: bool,
 }
 
 impl Default for SettlementConfig {
@@ -84,6 +86,7 @@ impl Default for SettlementConfig {
             valid_before_buffer_seconds: 6,
             node: "x402d".to_owned(),
             lane_lease: Duration::from_secs(10),
+            spread_lanes: true,
         }
     }
 }
@@ -167,6 +170,9 @@ pub enum LaneHealth {
     /// Another node sharing the ledger holds its lease and sends its transactions; this node
     /// takes the lane over if that lease expires.
     Elsewhere(String),
+    /// Being handed to another live node (this one holds more than its fair share of lanes): it
+    /// takes no new batch and ends its lease once what it sent is mined.
+    HandingOver,
 }
 
 impl std::fmt::Display for LaneHealth {
@@ -179,6 +185,7 @@ impl std::fmt::Display for LaneHealth {
             ),
             LaneHealth::Stalled(why) => write!(f, "stalled: {why}"),
             LaneHealth::Elsewhere(holder) => write!(f, "sent by node {holder}"),
+            LaneHealth::HandingOver => f.write_str("handing over to another node"),
         }
     }
 }
@@ -384,6 +391,9 @@ impl Settlement {
                 learned_item_gas: Mutex::new(None),
                 newest_inclusion: std::sync::atomic::AtomicU64::new(0),
             });
+            // Counted among the chain's live nodes before any lane looks at its share.
+            ledger.heartbeat(ctx.chain_id(), &config.node).await?;
+            tasks.push(tokio::spawn(presence(ctx.clone())));
             for (signer, shared, rx) in receivers {
                 tasks.push(tokio::spawn(broadcaster::run(
                     ctx.clone(),
@@ -452,7 +462,12 @@ impl Settlement {
                         let n = l.shared.next_nonce.load(Ordering::Relaxed);
                         LaneView {
                             wallet: l.shared.wallet.to_checksum(None),
-                            ready: matches!(health, LaneHealth::Ready | LaneHealth::Elsewhere(_)),
+                            ready: matches!(
+                                health,
+                                LaneHealth::Ready
+                                    | LaneHealth::Elsewhere(_)
+                                    | LaneHealth::HandingOver
+                            ),
                             health: health.to_string(),
                             in_flight: l.shared.load.load(Ordering::Relaxed),
                             next_nonce: (n != u64::MAX).then_some(n),
@@ -493,6 +508,18 @@ impl Settlement {
         };
         self.waiters.release(id, handle);
         Ok(result)
+    }
+}
+
+/// Says every third of a lease that this node is alive on the chain: the other nodes count it
+/// when they share out the lanes.
+async fn presence(ctx: Arc<ChainCtx>) {
+    loop {
+        tokio::time::sleep(ctx.config.lane_lease / 3).await;
+        if let Err(e) = ctx.ledger.heartbeat(ctx.chain_id(), &ctx.config.node).await {
+            ctx.metrics.ledger_errors.inc();
+            tracing::warn!(error = %e, "cannot record this node as alive");
+        }
     }
 }
 
