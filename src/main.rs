@@ -196,6 +196,13 @@ enum KeysCommand {
 enum BenchCommand {
     /// Verify throughput and latency with distinct pre-signed payments.
     Verify {
+        /// Load this facilitator (x402d or another) instead of one started here; needs --env.
+        #[arg(long, requires = "env")]
+        facilitator: Option<String>,
+        /// The `x402d dev --env-out` file of the chain that facilitator serves (its RPC, token,
+        /// payee and funded payers sign the payloads).
+        #[arg(long, requires = "facilitator")]
+        env: Option<PathBuf>,
         #[arg(long, default_value_t = 20_000)]
         payments: usize,
         #[arg(long, default_value_t = 64)]
@@ -209,6 +216,13 @@ enum BenchCommand {
     },
     /// Settlement throughput and latency with distinct pre-signed payments.
     Settle {
+        /// Load this facilitator (x402d or another) instead of one started here; needs --env.
+        #[arg(long, requires = "env")]
+        facilitator: Option<String>,
+        /// The `x402d dev --env-out` file of the chain that facilitator serves (its RPC, token,
+        /// payee and funded payers sign the payloads).
+        #[arg(long, requires = "facilitator")]
+        env: Option<PathBuf>,
         #[arg(long, default_value_t = 40_000)]
         payments: usize,
         #[arg(long, default_value_t = 256)]
@@ -371,6 +385,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             what:
                 BenchCommand::Verify {
+                    facilitator,
+                    env,
                     payments,
                     payers,
                     connections,
@@ -379,6 +395,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let opts = x402d::dev::bench::VerifyLoad {
+                external: external(facilitator, env),
                 payments,
                 payers,
                 connections,
@@ -391,6 +408,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             what:
                 BenchCommand::Settle {
+                    facilitator,
+                    env,
                     payments,
                     payers,
                     connections,
@@ -414,6 +433,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?
                 .join("\n");
             let opts = x402d::dev::bench::SettleLoad {
+                external: external(facilitator, env),
                 payments,
                 payers,
                 connections,
@@ -642,4 +662,15 @@ async fn keys(what: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--facilitator` with its `--env` (clap requires them together).
+fn external(
+    facilitator: Option<String>,
+    env: Option<PathBuf>,
+) -> Option<x402d::dev::bench::External> {
+    Some(x402d::dev::bench::External {
+        url: facilitator?,
+        env_file: env?,
+    })
 }

@@ -76,11 +76,174 @@ pub struct WrkReport {
 /// Options of `x402d bench verify`.
 #[derive(Debug, Clone)]
 pub struct VerifyLoad {
+    /// Another facilitator to load instead of one this command starts.
+    pub external: Option<External>,
     pub payments: usize,
     pub payers: usize,
     pub connections: u32,
     pub threads: u32,
     pub duration_s: u64,
+}
+
+/// A facilitator this command did not start, x402d or another, serving the chain an
+/// `x402d dev --env-out` file describes (`x402d dev --chain-only` makes one): its RPC, token,
+/// payee and funded payers sign the very payloads the built-in run uses.
+#[derive(Debug, Clone)]
+pub struct External {
+    pub url: String,
+    pub env_file: PathBuf,
+}
+
+/// What a bench needs of an `--env-out` file (the public contract of `x402d dev`).
+#[derive(Deserialize)]
+struct EnvFile {
+    rpc_url: String,
+    network: String,
+    usdc: Address,
+    eip712_name: String,
+    eip712_version: String,
+    pay_to: Address,
+    payer_keys: Vec<String>,
+}
+
+/// Where a run's payloads go and what they pay.
+struct Target {
+    url: String,
+    rpc_url: String,
+    requirement: RequirementsV2,
+    payers: Vec<PrivateKeySigner>,
+}
+
+impl External {
+    fn target(&self) -> Result<Target, BenchError> {
+        let text = std::fs::read_to_string(&self.env_file)
+            .map_err(|e| BenchError::Config(format!("--env {}: {e}", self.env_file.display())))?;
+        let env: EnvFile = serde_json::from_str(&text).map_err(|e| {
+            BenchError::Config(format!(
+                "--env {} is not an `x402d dev --env-out` file: {e}",
+                self.env_file.display()
+            ))
+        })?;
+        let payers = env
+            .payer_keys
+            .iter()
+            .map(|k| k.parse::<PrivateKeySigner>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BenchError::Config(format!("a payer key in --env: {e}")))?;
+        Ok(Target {
+            url: self.url.trim_end_matches('/').to_owned(),
+            rpc_url: env.rpc_url,
+            requirement: cent_to(
+                env.network,
+                env.usdc,
+                env.pay_to,
+                env.eip712_name,
+                env.eip712_version,
+            ),
+            payers,
+        })
+    }
+}
+
+/// A requirement of one cent (of a 6-decimal token) to `pay_to`.
+fn cent_to(
+    network: String,
+    asset: Address,
+    pay_to: Address,
+    name: String,
+    version: String,
+) -> RequirementsV2 {
+    RequirementsV2 {
+        scheme: "exact".into(),
+        network,
+        amount: AtomicAmount::from_u64(10_000),
+        asset,
+        pay_to,
+        max_timeout_seconds: 3600,
+        extra: Some(ExactExtra {
+            name: Some(name),
+            version: Some(version),
+            asset_transfer_method: None,
+            facilitator_address: None,
+        }),
+    }
+}
+
+/// What the chain shows of a run: every transaction mined in its blocks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChainTally {
+    pub blocks: u64,
+    pub transactions: usize,
+    pub reverted: usize,
+    pub gas_used: u64,
+    /// `AuthorizationUsed` logs of the token: payments that moved.
+    pub authorizations_used: usize,
+    /// Senders of successful transactions.
+    pub senders: usize,
+}
+
+/// Reads blocks `from..=to` of `rpc_url`: their transactions, gas and `token`'s
+/// `AuthorizationUsed` logs (whoever sent them: it works for any facilitator).
+async fn chain_tally(
+    rpc_url: &str,
+    token: Address,
+    from: u64,
+    to: u64,
+) -> Result<ChainTally, BenchError> {
+    use alloy::providers::{Provider, ProviderBuilder};
+    use alloy::sol_types::SolEvent;
+    let url = rpc_url
+        .parse()
+        .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))?;
+    let provider = ProviderBuilder::new().connect_http(url);
+    let blocks: Vec<_> = futures::stream::iter(from..=to)
+        .map(|n| {
+            let provider = provider.clone();
+            async move { provider.get_block_receipts(n.into()).await }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut tally = ChainTally {
+        blocks: (to + 1).saturating_sub(from),
+        ..ChainTally::default()
+    };
+    let mut senders = std::collections::HashSet::new();
+    let used = crate::chain::bindings::IEip3009Token::AuthorizationUsed::SIGNATURE_HASH;
+    for receipts in blocks {
+        let receipts = receipts
+            .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))?
+            .unwrap_or_default();
+        for r in receipts {
+            tally.transactions += 1;
+            tally.gas_used += r.gas_used;
+            if r.status() {
+                senders.insert(r.from);
+            } else {
+                tally.reverted += 1;
+            }
+            tally.authorizations_used += r
+                .inner
+                .logs()
+                .iter()
+                .filter(|l| l.address() == token && l.topics().first() == Some(&used))
+                .count();
+        }
+    }
+    tally.senders = senders.len();
+    Ok(tally)
+}
+
+async fn head(rpc_url: &str) -> Result<u64, BenchError> {
+    use alloy::providers::{Provider, ProviderBuilder};
+    let url = rpc_url
+        .parse()
+        .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))?;
+    ProviderBuilder::new()
+        .connect_http(url)
+        .get_block_number()
+        .await
+        .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))
 }
 
 /// A chain, a facilitator on it, and funded payers.
@@ -197,20 +360,13 @@ impl BenchEnv {
 
     /// A requirement of one cent to the bench payee.
     pub fn requirement(&self) -> RequirementsV2 {
-        RequirementsV2 {
-            scheme: "exact".into(),
-            network: "eip155:84532".into(),
-            amount: AtomicAmount::from_u64(10_000),
-            asset: self.chain.usdc,
-            pay_to: self.pay_to,
-            max_timeout_seconds: 3600,
-            extra: Some(ExactExtra {
-                name: Some(self.chain.usdc_name.clone()),
-                version: Some("2".into()),
-                asset_transfer_method: None,
-                facilitator_address: None,
-            }),
-        }
+        cent_to(
+            "eip155:84532".into(),
+            self.chain.usdc,
+            self.pay_to,
+            self.chain.usdc_name.clone(),
+            "2".into(),
+        )
     }
 
     /// `n` distinct signed `/verify`-shaped bodies, one JSON per line.
@@ -221,31 +377,42 @@ impl BenchEnv {
     /// `n` distinct payments as `/verify` bodies, and as the JSON-RPC `eth_call` the node runs to
     /// simulate each (what one verification costs the node), one per line each.
     pub fn signed(&self, n: usize) -> Result<(String, String), BenchError> {
-        let req = self.requirement();
-        let requirements =
-            serde_json::to_value(&req).map_err(|e| BenchError::Config(e.to_string()))?;
-        let (mut bodies, mut calls) = (String::new(), String::new());
-        for i in 0..n {
-            let payer = &self.payers[i % self.payers.len()];
-            let payload = sign_for_v2(payer, &req, unix_now())
-                .map_err(|e| BenchError::Config(e.to_string()))?;
-            // The call x402d simulates for a plain key's signature.
-            let sig = alloy::primitives::Signature::from_raw(&payload.signature)
-                .map_err(|e| BenchError::Config(e.to_string()))?;
-            let data = crate::exact::transfer_vrs(&payload.authorization, &sig);
-            calls.push_str(
-                &serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "eth_call",
-                    "params": [{"to": req.asset, "data": data}, "latest"]})
-                .to_string(),
-            );
-            calls.push('\n');
-            bodies.push_str(
-                &facilitator_body(2, payload_v2(&req, &payload), requirements.clone()).to_string(),
-            );
-            bodies.push('\n');
-        }
-        Ok((bodies, calls))
+        signed_payments(&self.requirement(), &self.payers, n)
     }
+}
+
+/// `n` distinct payments of `req` from `payers` in turn, as `/verify` bodies and as the
+/// `eth_call` that simulates each, one per line each.
+fn signed_payments(
+    req: &RequirementsV2,
+    payers: &[PrivateKeySigner],
+    n: usize,
+) -> Result<(String, String), BenchError> {
+    if payers.is_empty() {
+        return Err(BenchError::Config("no payers to sign with".into()));
+    }
+    let requirements = serde_json::to_value(req).map_err(|e| BenchError::Config(e.to_string()))?;
+    let (mut bodies, mut calls) = (String::new(), String::new());
+    for i in 0..n {
+        let payer = &payers[i % payers.len()];
+        let payload =
+            sign_for_v2(payer, req, unix_now()).map_err(|e| BenchError::Config(e.to_string()))?;
+        // The call x402d simulates for a plain key's signature.
+        let sig = alloy::primitives::Signature::from_raw(&payload.signature)
+            .map_err(|e| BenchError::Config(e.to_string()))?;
+        let data = crate::exact::transfer_vrs(&payload.authorization, &sig);
+        calls.push_str(
+            &serde_json::json!({"jsonrpc": "2.0", "id": i, "method": "eth_call",
+                "params": [{"to": req.asset, "data": data}, "latest"]})
+            .to_string(),
+        );
+        calls.push('\n');
+        bodies.push_str(
+            &facilitator_body(2, payload_v2(req, &payload), requirements.clone()).to_string(),
+        );
+        bodies.push('\n');
+    }
+    Ok((bodies, calls))
 }
 
 const WRK_SCRIPT: &str = r#"
@@ -360,6 +527,11 @@ pub fn run_wrk(
 /// very `eth_call` each verification needs, at the same concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
+    /// The facilitator loaded.
+    pub facilitator: String,
+    /// More requests were sent than there were distinct payloads: wrk went round again, and
+    /// the figure is partly of repeated ones (raise `--payments`).
+    pub payloads_exhausted: bool,
     pub verify: WrkReport,
     pub node_eth_call: WrkReport,
     /// x402d's verifications per second over the node's simulations per second.
@@ -369,15 +541,26 @@ pub struct VerifyReport {
 /// `x402d bench verify`: verify throughput and latency at a fixed concurrency, then the node's
 /// own rate for the same simulations.
 pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> {
-    let env = BenchEnv::start(opts.payers, None, "").await?;
-    let (bodies, calls) = env.signed(opts.payments)?;
+    let (env, target) = match &opts.external {
+        Some(e) => (None, e.target()?),
+        None => {
+            let env = BenchEnv::start(opts.payers, None, "").await?;
+            let target = Target {
+                url: env.server.url(),
+                rpc_url: env.chain.rpc_url(),
+                requirement: env.requirement(),
+                payers: env.payers.clone(),
+            };
+            (Some(env), target)
+        }
+    };
+    let (bodies, calls) = signed_payments(&target.requirement, &target.payers, opts.payments)?;
     let dir = tempdir()?;
     let file = dir.join("bodies.jsonl");
     let calls_file = dir.join("eth-calls.jsonl");
     std::fs::write(&file, bodies)?;
     std::fs::write(&calls_file, calls)?;
-    let url = env.server.url();
-    let node = env.chain.rpc_url();
+    let (url, node) = (target.url.clone(), target.rpc_url.clone());
     let (threads, connections, duration) = (opts.threads, opts.connections, opts.duration_s);
     let (verify, node_eth_call) = tokio::task::spawn_blocking(move || {
         let verify = run_wrk(
@@ -404,9 +587,13 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
     .await
     .map_err(|e| BenchError::Wrk(e.to_string()))??;
     let _ = std::fs::remove_dir_all(&dir);
-    env.server.stop().await;
+    if let Some(env) = env {
+        env.server.stop().await;
+    }
     let ratio_to_node = verify.requests_per_s / node_eth_call.requests_per_s.max(1e-9);
     Ok(VerifyReport {
+        facilitator: target.url,
+        payloads_exhausted: verify.requests > opts.payments as u64,
         verify,
         node_eth_call,
         ratio_to_node,
@@ -416,6 +603,9 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
 /// Options of `x402d bench settle`.
 #[derive(Debug, Clone)]
 pub struct SettleLoad {
+    /// Another facilitator to load instead of one this command starts (the chain, gas wallet and
+    /// node settings are then its own).
+    pub external: Option<External>,
     pub payments: usize,
     pub payers: usize,
     pub connections: u32,
@@ -437,10 +627,16 @@ pub struct SettleLoad {
 /// What `x402d bench settle` measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct SettleReport {
+    /// The facilitator loaded (the first node).
+    pub facilitator: String,
+    /// More requests were sent than there were distinct payloads: wrk went round again, and
+    /// the rest were duplicates (raise `--payments`).
+    pub payloads_exhausted: bool,
     pub wrk: WrkReport,
     pub block_time_s: Option<u64>,
     pub payments_confirmed: i64,
     pub transactions: usize,
+    pub reverted_transactions: usize,
     pub mean_batch_size: f64,
     pub gas_per_payment: f64,
     pub gas_wallets: usize,
@@ -453,24 +649,43 @@ pub struct SettleReport {
     pub per_node: Vec<WrkReport>,
 }
 
-/// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments.
+/// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments;
+/// transactions, gas and moved payments are read from the chain (so they mean the same for any
+/// facilitator).
 pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> {
-    let env = BenchEnv::start_cluster(
-        opts.payers,
-        opts.block_time,
-        &format!("settle_timeout_seconds = 25\n{}", opts.settlement),
-        opts.gas_wallets,
-        opts.nodes,
-        opts.ledger_url.as_deref(),
-    )
-    .await?;
-    let bodies = env.signed_bodies(opts.payments)?;
+    let (env, target, urls) = match &opts.external {
+        Some(e) => {
+            let target = e.target()?;
+            let urls = vec![target.url.clone()];
+            (None, target, urls)
+        }
+        None => {
+            let env = BenchEnv::start_cluster(
+                opts.payers,
+                opts.block_time,
+                &format!("settle_timeout_seconds = 25\n{}", opts.settlement),
+                opts.gas_wallets,
+                opts.nodes,
+                opts.ledger_url.as_deref(),
+            )
+            .await?;
+            let target = Target {
+                url: env.server.url(),
+                rpc_url: env.chain.rpc_url(),
+                requirement: env.requirement(),
+                payers: env.payers.clone(),
+            };
+            let mut urls = vec![env.server.url()];
+            urls.extend(env.others.iter().map(RunningServer::url));
+            (Some(env), target, urls)
+        }
+    };
+    let (bodies, _) = signed_payments(&target.requirement, &target.payers, opts.payments)?;
     let dir = tempdir()?;
-    let mut urls = vec![env.server.url()];
-    urls.extend(env.others.iter().map(RunningServer::url));
     // Each node gets its own payments (every n-th line) and its share of the connections.
     let n = urls.len();
     let lines: Vec<&str> = bodies.lines().collect();
+    let first_block = head(&target.rpc_url).await? + 1;
     let mut runs = Vec::new();
     for (i, url) in urls.into_iter().enumerate() {
         let file = dir.join(format!("settle-bodies-{i}.jsonl"));
@@ -497,48 +712,53 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         per_node.push(r.await.map_err(|e| BenchError::Wrk(e.to_string()))??);
     }
     let wrk = combined(&per_node);
-    if wrk.requests as usize > opts.payments {
+    let payloads_exhausted = wrk.requests > opts.payments as u64;
+    if payloads_exhausted {
         tracing::warn!(
             requests = wrk.requests,
             payments = opts.payments,
             "wrk wrapped around the payments: raise --payments or lower --duration"
         );
     }
-    let ledger = env.server.facilitator.ledger();
-    let confirmed = ledger
-        .count_by_state()
-        .await
-        .map_err(|e| BenchError::Config(e.to_string()))?
-        .into_iter()
-        .find(|(s, _)| s == "confirmed")
-        .map(|(_, n)| n)
-        .unwrap_or(0);
-    let txs = ledger
-        .transactions(84532)
-        .await
-        .map_err(|e| BenchError::Config(e.to_string()))?;
-    let gas: u64 = txs.iter().filter_map(|t| t.gas_used).sum();
-    env.server.stop().await;
-    for o in env.others {
-        o.stop().await;
+    // What was still in flight when wrk stopped lands within a block or two.
+    tokio::time::sleep(std::time::Duration::from_secs(
+        opts.block_time.unwrap_or(0) * 2 + 1,
+    ))
+    .await;
+    let last_block = head(&target.rpc_url).await?;
+    let chain = chain_tally(
+        &target.rpc_url,
+        target.requirement.asset,
+        first_block,
+        last_block,
+    )
+    .await?;
+    if let Some(env) = env {
+        env.server.stop().await;
+        for o in env.others {
+            o.stop().await;
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    let moved = chain.authorizations_used;
     Ok(SettleReport {
+        facilitator: target.url,
+        payloads_exhausted,
         nodes: n,
         per_node: if n > 1 { per_node } else { Vec::new() },
         wrk,
         block_time_s: opts.block_time,
-        payments_confirmed: confirmed,
-        transactions: txs.len(),
-        mean_batch_size: confirmed as f64 / txs.len().max(1) as f64,
-        gas_per_payment: gas as f64 / confirmed.max(1) as f64,
-        gas_wallets: opts.gas_wallets,
-        wallets_used: txs
-            .iter()
-            .filter(|t| t.status == crate::ledger::TxStatus::Mined)
-            .map(|t| t.wallet)
-            .collect::<std::collections::HashSet<_>>()
-            .len(),
+        payments_confirmed: i64::try_from(moved).unwrap_or(i64::MAX),
+        transactions: chain.transactions,
+        reverted_transactions: chain.reverted,
+        mean_batch_size: moved as f64 / chain.transactions.max(1) as f64,
+        gas_per_payment: chain.gas_used as f64 / moved.max(1) as f64,
+        gas_wallets: if opts.external.is_some() {
+            chain.senders
+        } else {
+            opts.gas_wallets
+        },
+        wallets_used: chain.senders,
     })
 }
 
