@@ -249,6 +249,10 @@ enum BenchCommand {
         /// is made on it for the run). Required above one node.
         #[arg(long)]
         ledger_url: Option<String>,
+        /// The share (0 to 0.95) of requests repeating a payment just sent (the `settle-dup`
+        /// scenario: client retries and replays, each to be answered like its original).
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
     },
     /// Seconds to heal: from a reorg to the payee made whole, from an outside send to the next
     /// settlement, from a dropped pool to the payment settled.
@@ -420,6 +424,7 @@ async fn main() -> anyhow::Result<()> {
                     set,
                     nodes,
                     ledger_url,
+                    duplicates,
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
@@ -444,6 +449,7 @@ async fn main() -> anyhow::Result<()> {
                 settlement,
                 nodes,
                 ledger_url,
+                duplicates,
             };
             let report = x402d::dev::bench::settle_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

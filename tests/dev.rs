@@ -734,18 +734,23 @@ async fn bench_settle_drives_a_facilitator_it_did_not_start() {
         "8",
         "--duration",
         "3",
+        "--duplicates",
+        "0.2",
     ])
     .await;
     assert_eq!(r["facilitator"], url.trim_end_matches('/'), "{r}");
+    assert_eq!(r["duplicate_share"], 0.2, "{r}");
     let requests = r["wrk"]["requests"].as_u64().unwrap();
-    let good = requests - r["wrk"]["unexpected"].as_u64().unwrap();
-    assert!(good > 0, "{r}");
+    assert!(requests > 50, "{r}");
+    // Duplicates too are answered with success (the original's transaction).
+    assert_eq!(r["wrk"]["unexpected"], 0, "{r}");
     assert_eq!(r["payloads_exhausted"], false, "{r}");
-    // wrk may stop with a request or two unanswered that still settle: moved ≥ answered.
+    // A fifth of the answers were repeats: fewer payments moved than were answered, about 4/5
+    // of them (wrk may stop with up to a connection's worth unanswered that still settle).
     let moved = r["payments_confirmed"].as_u64().unwrap();
     assert!(
-        moved >= good && moved <= good + 8,
-        "moved {moved}, answered {good}: {r}"
+        moved < requests && moved * 10 >= requests * 7,
+        "moved {moved}, answered {requests}: {r}"
     );
     assert_eq!(r["reverted_transactions"], 0, "{r}");
     assert!(r["transactions"].as_u64().unwrap() >= 1, "{r}");

@@ -622,6 +622,9 @@ pub struct SettleLoad {
     /// A PostgreSQL server for the shared ledger (a fresh database is made); required above one
     /// node.
     pub ledger_url: Option<String>,
+    /// The share (0 to 1) of requests that repeat a payment sent a moment before (the
+    /// `settle-dup` scenario: retries and replays); each should get the original's answer.
+    pub duplicates: f64,
 }
 
 /// What `x402d bench settle` measured.
@@ -632,6 +635,8 @@ pub struct SettleReport {
     /// More requests were sent than there were distinct payloads: wrk went round again, and
     /// the rest were duplicates (raise `--payments`).
     pub payloads_exhausted: bool,
+    /// The share of requests that repeated an earlier payment.
+    pub duplicate_share: f64,
     pub wrk: WrkReport,
     pub block_time_s: Option<u64>,
     pub payments_confirmed: i64,
@@ -684,7 +689,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
     let dir = tempdir()?;
     // Each node gets its own payments (every n-th line) and its share of the connections.
     let n = urls.len();
-    let lines: Vec<&str> = bodies.lines().collect();
+    let lines = with_duplicates(bodies.lines().collect(), opts.duplicates);
     let first_block = head(&target.rpc_url).await? + 1;
     let mut runs = Vec::new();
     for (i, url) in urls.into_iter().enumerate() {
@@ -712,7 +717,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         per_node.push(r.await.map_err(|e| BenchError::Wrk(e.to_string()))??);
     }
     let wrk = combined(&per_node);
-    let payloads_exhausted = wrk.requests > opts.payments as u64;
+    let payloads_exhausted = wrk.requests > lines.len() as u64;
     if payloads_exhausted {
         tracing::warn!(
             requests = wrk.requests,
@@ -744,6 +749,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
     Ok(SettleReport {
         facilitator: target.url,
         payloads_exhausted,
+        duplicate_share: opts.duplicates,
         nodes: n,
         per_node: if n > 1 { per_node } else { Vec::new() },
         wrk,
@@ -760,6 +766,29 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         },
         wallets_used: chain.senders,
     })
+}
+
+/// `lines` with repeats mixed in so that `share` of the result repeats a payment sent up to 16
+/// lines before (close enough to race its original, or to follow it once settled).
+fn with_duplicates(lines: Vec<&str>, share: f64) -> Vec<&str> {
+    let share = share.clamp(0.0, 0.95);
+    if share == 0.0 {
+        return lines;
+    }
+    // `share` of the output repeats: one repeat per (1 - share) / share originals.
+    let per_original = share / (1.0 - share);
+    let mut out = Vec::with_capacity(lines.len() * 2);
+    let mut owed = 0.0;
+    for (i, line) in lines.iter().enumerate() {
+        out.push(*line);
+        owed += per_original;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let back = (i * 7 + out.len()) % 16;
+            out.push(lines.get(i.saturating_sub(back)).copied().unwrap_or(line));
+        }
+    }
+    out
 }
 
 /// Several simultaneous wrk runs as one: counts and rates add up, latencies are the worst run's
@@ -1032,4 +1061,35 @@ fn tempdir() -> Result<PathBuf, std::io::Error> {
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_the_share_asked_and_follow_their_original() {
+        let names: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+        let lines: Vec<&str> = names.iter().map(String::as_str).collect();
+        let out = with_duplicates(lines.clone(), 0.2);
+        assert_eq!(out.len(), 1250);
+        let mut seen = std::collections::HashSet::new();
+        let mut repeats = 0;
+        for l in &out {
+            if !seen.insert(*l) {
+                repeats += 1;
+            }
+        }
+        assert_eq!((seen.len(), repeats), (1000, 250));
+        // A repeat never comes before its original: the first occurrences are in order.
+        let mut first = Vec::new();
+        let mut s2 = std::collections::HashSet::new();
+        for l in &out {
+            if s2.insert(*l) {
+                first.push(*l);
+            }
+        }
+        assert_eq!(first, lines);
+        assert_eq!(with_duplicates(lines.clone(), 0.0), lines);
+    }
 }
