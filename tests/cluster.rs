@@ -354,6 +354,20 @@ async fn a_node_paused_past_its_lease_sends_nothing_when_it_resumes() {
     drop(b);
 }
 
+/// A made-up first transaction of `wallet`, to try writing under a fence.
+fn first_tx(wallet: Address) -> NewTransaction {
+    NewTransaction {
+        chain_id: CHAIN_ID,
+        wallet,
+        nonce: 0,
+        raw_tx: Bytes::from_static(b"\x02"),
+        tx_hash: B256::random(),
+        gas_limit: 21_000,
+        max_fee_per_gas: 1,
+        max_priority_fee_per_gas: 1,
+    }
+}
+
 /// The fence at the ledger: a writer whose lease was taken over records nothing.
 async fn a_stale_fence_writes_nothing(backend: Backend) {
     let Some((url, _dir)) = fresh_database(backend).await else {
@@ -391,16 +405,7 @@ async fn a_stale_fence_writes_nothing(backend: Backend) {
             .unwrap(),
         Lease::Elsewhere { .. }
     ));
-    let t = NewTransaction {
-        chain_id: CHAIN_ID,
-        wallet,
-        nonce: 0,
-        raw_tx: Bytes::from_static(b"\x02"),
-        tx_hash: B256::random(),
-        gas_limit: 21_000,
-        max_fee_per_gas: 1,
-        max_priority_fee_per_gas: 1,
-    };
+    let t = first_tx(wallet);
     assert!(matches!(
         ledger.record_batch(&[], &t, &first).await,
         Err(LedgerError::Fenced { .. })
@@ -482,16 +487,7 @@ async fn lanes_are_shared_out_among_live_nodes(backend: Backend) {
     };
     assert!(taken.token > fences[2].token);
     // The fence a gave up writes nothing.
-    let t = NewTransaction {
-        chain_id: CHAIN_ID,
-        wallet: wallets[2],
-        nonce: 0,
-        raw_tx: Bytes::from_static(b"\x02"),
-        tx_hash: B256::random(),
-        gas_limit: 21_000,
-        max_fee_per_gas: 1,
-        max_priority_fee_per_gas: 1,
-    };
+    let t = first_tx(wallets[2]);
     assert!(matches!(
         ledger.record_batch(&[], &t, &fences[2]).await,
         Err(LedgerError::Fenced { .. })

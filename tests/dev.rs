@@ -297,6 +297,26 @@ async fn wait_for_json(path: &std::path::Path) -> Value {
     panic!("{} was never written", path.display());
 }
 
+/// Starts `x402d dev ARGS --env-out DIR/env.json` (its log in `DIR/dev.stderr`) and waits for
+/// the environment it describes.
+async fn start_dev(dir: &std::path::Path, args: &[&str]) -> (tokio::process::Child, Value) {
+    let env_path = dir.join("env.json");
+    let log = dir.join("dev.stderr");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .arg("dev")
+        .args(args)
+        .arg("--env-out")
+        .arg(&env_path)
+        .env("X402D_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let env = wait_for_env(&mut child, &env_path, &log).await;
+    (child, env)
+}
+
 /// Waits for `x402d dev` to write its `--env-out`; fails at once, with the exit status and what it
 /// printed (its stderr goes to `log`), if it exits first.
 async fn wait_for_env(
@@ -531,32 +551,24 @@ async fn dev_nodes_share_one_ledger_and_any_node_settles() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let env_path = dir.path().join("env.json");
     let port = free_port_pair();
-    let log = dir.path().join("dev.stderr");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
-        .args([
-            "dev",
+    let config = dir.path().join("x402d.toml");
+    let (mut child, env) = start_dev(
+        dir.path(),
+        &[
             "--payers",
             "1",
             "--nodes",
             "2",
             "--port",
             &port.to_string(),
-        ])
-        .arg("--env-out")
-        .arg(&env_path)
-        .arg("--ledger-url")
-        .arg(&ledger_url)
-        .arg("--config-out")
-        .arg(dir.path().join("x402d.toml"))
-        .env("X402D_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let env = wait_for_env(&mut child, &env_path, &log).await;
+            "--ledger-url",
+            &ledger_url,
+            "--config-out",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
     let first = env["facilitator_url"].as_str().unwrap().to_owned();
     let second = format!("http://127.0.0.1:{}", port + 1);
     assert_eq!(env["facilitator_urls"], serde_json::json!([first, second]));
@@ -707,20 +719,13 @@ async fn bench_settle_drives_a_facilitator_it_did_not_start() {
     }
     let dir = tempfile::tempdir().unwrap();
     let env_path = dir.path().join("env.json");
-    let log = dir.path().join("dev.stderr");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
-        .args(["dev", "--payers", "2", "--port", &free_port().to_string()])
-        .arg("--env-out")
-        .arg(&env_path)
-        .arg("--ledger-url")
-        .arg(format!("sqlite://{}/dev.db", dir.path().display()))
-        .env("X402D_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let env = wait_for_env(&mut child, &env_path, &log).await;
+    let ledger = format!("sqlite://{}/dev.db", dir.path().display());
+    let port = free_port().to_string();
+    let (mut child, env) = start_dev(
+        dir.path(),
+        &["--payers", "2", "--port", &port, "--ledger-url", &ledger],
+    )
+    .await;
     let url = env["facilitator_url"].as_str().unwrap().to_owned();
     let r = bench(&[
         "settle",

@@ -19,7 +19,7 @@ use super::fees::{Fees, Quote};
 use super::tx::{self, ItemCalls, Unsigned};
 use super::{ChainCtx, Item, LaneHealth, LaneShared, StepError, reconciler, watcher};
 use crate::chain::{RpcCall, RpcError};
-use crate::ledger::{Fence, Lease, NewTransaction, PaymentState, TxStatus};
+use crate::ledger::{Fence, LaneShare, Lease, NewTransaction, PaymentState, TxStatus};
 
 /// One signed transaction of a slot.
 #[derive(Debug, Clone)]
@@ -235,59 +235,44 @@ impl Lane {
         }
     }
 
-    /// Whether this node may take the lane's lease once it expires: always, unless lanes are
-    /// spread and this node already holds its fair share (or the share cannot be read: then as
-    /// if alone).
-    async fn may_take(&self) -> bool {
+    /// This node's share of the chain's lanes when lanes are spread (`None`: not spread, or
+    /// the ledger cannot say now; the lane then acts as if alone).
+    async fn share(&self) -> Option<LaneShare> {
         let cfg = &self.ctx.config;
         if !cfg.spread_lanes {
-            return true;
+            return None;
         }
+        let chain = self.ctx.chain_id();
+        let lanes = self.ctx.lanes.len();
         match self
             .ctx
             .ledger
-            .lane_share(
-                self.ctx.chain_id(),
-                &cfg.node,
-                self.ctx.lanes.len(),
-                cfg.lane_lease,
-            )
+            .lane_share(chain, &cfg.node, lanes, cfg.lane_lease)
             .await
         {
-            Ok(share) => share.may_take(self.shared.wallet),
+            Ok(share) => Some(share),
             Err(e) => {
                 self.ctx.metrics.ledger_errors.inc();
                 tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot read the lanes' share");
-                true
+                None
             }
         }
+    }
+
+    /// Whether this node may take the lane's lease once it expires: always, unless lanes are
+    /// spread and this node already holds its fair share.
+    async fn may_take(&self) -> bool {
+        self.share()
+            .await
+            .is_none_or(|share| share.may_take(self.shared.wallet))
     }
 
     /// After a renewal: starts handing the lane over when this node holds more than its fair
     /// share and this is the lane to give (the last of its lanes by address), or stops doing so
     /// when the share grew again (a node left).
     async fn review_share(&mut self) {
-        let cfg = &self.ctx.config;
-        if !cfg.spread_lanes {
+        let Some(share) = self.share().await else {
             return;
-        }
-        let share = match self
-            .ctx
-            .ledger
-            .lane_share(
-                self.ctx.chain_id(),
-                &cfg.node,
-                self.ctx.lanes.len(),
-                cfg.lane_lease,
-            )
-            .await
-        {
-            Ok(share) => share,
-            Err(e) => {
-                self.ctx.metrics.ledger_errors.inc();
-                tracing::warn!(wallet = %self.shared.wallet, error = %e, "cannot read the lanes' share");
-                return;
-            }
         };
         let give = share.should_hand_over(self.shared.wallet);
         if give != self.handing_over {
