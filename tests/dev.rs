@@ -664,18 +664,41 @@ fn have_wrk() -> bool {
     found
 }
 
-/// Runs `x402d bench …` and returns its JSON report.
+/// Runs `x402d bench …` and returns its JSON report. A run that fails is shown with its log
+/// and tried once more (CI once saw a silent exit 1 after 60 s that no local run reproduced;
+/// the log says why next time); a second failure fails the test.
 async fn bench(args: &[&str]) -> Value {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
-        .arg("bench")
-        .args(args)
-        .env("X402D_LOG", "warn")
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success(), "x402d bench {args:?}: {}", out.status);
-    serde_json::from_slice(&out.stdout).unwrap()
+    // One bench at a time: each saturates the two cores for its run.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for attempt in 1..=2 {
+        let started = std::time::Instant::now();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+            .arg("bench")
+            .args(args)
+            .env("X402D_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+                panic!("x402d bench {args:?} printed no report ({e}):\n{log}")
+            });
+        }
+        let said = format!(
+            "x402d bench {args:?} (attempt {attempt}): {} after {:?}\nstdout: {}\nstderr:\n{log}",
+            out.status,
+            started.elapsed(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(attempt < 2, "{said}");
+        eprintln!("{said}");
+    }
+    unreachable!("the second failure panics")
 }
 
 /// A short run of `x402d bench verify` on its own chain: verifications and the node's own
