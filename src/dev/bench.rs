@@ -170,9 +170,8 @@ fn cent_to(
 }
 
 /// What the chain shows of a run: every transaction mined in its blocks.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ChainTally {
-    pub blocks: u64,
     pub transactions: usize,
     pub reverted: usize,
     pub gas_used: u64,
@@ -190,12 +189,9 @@ async fn chain_tally(
     from: u64,
     to: u64,
 ) -> Result<ChainTally, BenchError> {
-    use alloy::providers::{Provider, ProviderBuilder};
+    use alloy::providers::Provider;
     use alloy::sol_types::SolEvent;
-    let url = rpc_url
-        .parse()
-        .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))?;
-    let provider = ProviderBuilder::new().connect_http(url);
+    let provider = provider(rpc_url)?;
     let blocks: Vec<_> = futures::stream::iter(from..=to)
         .map(|n| {
             let provider = provider.clone();
@@ -204,10 +200,7 @@ async fn chain_tally(
         .buffered(16)
         .collect()
         .await;
-    let mut tally = ChainTally {
-        blocks: (to + 1).saturating_sub(from),
-        ..ChainTally::default()
-    };
+    let mut tally = ChainTally::default();
     let mut senders = std::collections::HashSet::new();
     let used = crate::chain::bindings::IEip3009Token::AuthorizationUsed::SIGNATURE_HASH;
     for receipts in blocks {
@@ -234,13 +227,17 @@ async fn chain_tally(
     Ok(tally)
 }
 
-async fn head(rpc_url: &str) -> Result<u64, BenchError> {
-    use alloy::providers::{Provider, ProviderBuilder};
+/// An HTTP provider on `rpc_url`.
+fn provider(rpc_url: &str) -> Result<impl alloy::providers::Provider + Clone, BenchError> {
     let url = rpc_url
         .parse()
         .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))?;
-    ProviderBuilder::new()
-        .connect_http(url)
+    Ok(alloy::providers::ProviderBuilder::new().connect_http(url))
+}
+
+async fn head(rpc_url: &str) -> Result<u64, BenchError> {
+    use alloy::providers::Provider;
+    provider(rpc_url)?
         .get_block_number()
         .await
         .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))
