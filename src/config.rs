@@ -240,12 +240,18 @@ pub struct LedgerConfig {
     /// `sqlite://path/to/file.db` (created if missing) or `postgres://…` (for several nodes).
     #[serde(default = "default_ledger_url")]
     pub url: Secret,
+    /// Prune, once an hour, payments settled or refused more than this many days ago whose
+    /// authorizations have expired (with their events, batches and transactions); at least 2.
+    /// Unset: keep everything (`x402d prune` does it by hand).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             url: default_ledger_url(),
+            retention_days: None,
         }
     }
 }
@@ -720,6 +726,12 @@ impl Config {
                     "must be above 0 (leave it out for no ceiling)",
                 ));
             }
+        }
+        if self.ledger.retention_days.is_some_and(|d| d < 2) {
+            return Err(key_error(
+                "ledger.retention_days",
+                "must be at least 2 (a key's daily budget reads the last day's payments)",
+            ));
         }
         if self.settlement.lane_lease_seconds < 3 {
             return Err(key_error(

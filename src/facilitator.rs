@@ -94,6 +94,8 @@ pub struct Facilitator {
     /// Held by a key's settlement from its budget check to its claim, so two at once cannot both
     /// fit under the same remaining budget (one node; cluster mode needs the database to decide).
     budget_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Hourly pruning of old rows (`ledger.retention_days`).
+    _retention: Option<crate::ledger::RetentionTask>,
 }
 
 impl Facilitator {
@@ -166,6 +168,10 @@ impl Facilitator {
                 .await?,
             )
         };
+        let retention = config
+            .ledger
+            .retention_days
+            .map(|days| ledger.keep_for(Duration::from_secs(u64::from(days) * 86_400)));
         Ok(Facilitator {
             chains,
             policy: ExactPolicy {
@@ -190,6 +196,7 @@ impl Facilitator {
                 ),
             ),
             budget_locks: std::sync::Mutex::new(HashMap::new()),
+            _retention: retention,
         })
     }
 

@@ -148,6 +148,19 @@ enum Command {
         #[arg(long, short, default_value = "x402d.toml")]
         config: PathBuf,
     },
+    /// Prune the ledger: payments settled or refused before the cut-off whose authorizations
+    /// have expired, with their events, batches and transactions (what `ledger.retention_days`
+    /// does hourly), and print what went as JSON.
+    Prune {
+        #[arg(long, short, default_value = "x402d.toml")]
+        config: PathBuf,
+        /// Keep this many days (at least 2; default: `ledger.retention_days` of the config).
+        #[arg(long)]
+        older_than_days: Option<u32>,
+        /// Append each pruned payment to this file as a JSON line before it is deleted.
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
     /// Manage the API keys of `/verify` and `/settle` (stored hashed in the ledger).
     Keys {
         #[command(subcommand)]
@@ -213,6 +226,10 @@ enum BenchCommand {
         threads: u32,
         #[arg(long, default_value_t = 20)]
         duration: u64,
+        /// Synthetic settled payments put into the ledger before the node starts (what months
+        /// of history cost; not with --facilitator).
+        #[arg(long, default_value_t = 0, conflicts_with = "facilitator")]
+        history: u64,
     },
     /// Settlement throughput and latency with distinct pre-signed payments.
     Settle {
@@ -253,6 +270,10 @@ enum BenchCommand {
         /// scenario: client retries and replays, each to be answered like its original).
         #[arg(long, default_value_t = 0.0)]
         duplicates: f64,
+        /// Synthetic settled payments put into the ledger before the nodes start (what months
+        /// of history cost; not with --facilitator).
+        #[arg(long, default_value_t = 0, conflicts_with = "facilitator")]
+        history: u64,
     },
     /// Seconds to heal: from a reorg to the payee made whole, from an outside send to the next
     /// settlement, from a dropped pool to the payment settled.
@@ -396,6 +417,7 @@ async fn main() -> anyhow::Result<()> {
                     connections,
                     threads,
                     duration,
+                    history,
                 },
         } => {
             let opts = x402d::dev::bench::VerifyLoad {
@@ -405,6 +427,7 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 threads,
                 duration_s: duration,
+                history,
             };
             let report = x402d::dev::bench::verify_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -425,6 +448,7 @@ async fn main() -> anyhow::Result<()> {
                     nodes,
                     ledger_url,
                     duplicates,
+                    history,
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
@@ -450,6 +474,7 @@ async fn main() -> anyhow::Result<()> {
                 nodes,
                 ledger_url,
                 duplicates,
+                history,
             };
             let report = x402d::dev::bench::settle_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -587,6 +612,38 @@ async fn main() -> anyhow::Result<()> {
                 x402d::merchant::store::Store::connect(&config.ledger.url.0).await?;
                 println!("dial migrations applied");
             }
+        }
+        Command::Prune {
+            config,
+            older_than_days,
+            archive,
+        } => {
+            let config = x402d::config::Config::load(&config)?;
+            let days = older_than_days
+                .or(config.ledger.retention_days)
+                .context("say how much to keep: --older-than-days N or ledger.retention_days")?;
+            anyhow::ensure!(days >= 2, "--older-than-days must be at least 2");
+            let ledger = x402d::ledger::Ledger::connect(&config.ledger.url.0).await?;
+            let mut file = match &archive {
+                Some(path) => Some(std::io::BufWriter::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("--archive {}", path.display()))?,
+                )),
+                None => None,
+            };
+            let report = ledger
+                .prune(
+                    std::time::Duration::from_secs(u64::from(days) * 86_400),
+                    file.as_mut().map(|f| f as &mut dyn x402d::ledger::Archive),
+                )
+                .await?;
+            if let Some(mut f) = file {
+                std::io::Write::flush(&mut f)?;
+            }
+            println!("{}", serde_json::to_string(&report)?);
         }
         Command::Keys { what } => keys(what).await?,
         Command::CheckConfig { config } => {

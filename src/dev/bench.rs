@@ -83,6 +83,8 @@ pub struct VerifyLoad {
     pub connections: u32,
     pub threads: u32,
     pub duration_s: u64,
+    /// Synthetic settled payments in the ledger before the node starts.
+    pub history: u64,
 }
 
 /// A facilitator this command did not start, x402d or another, serving the chain an
@@ -243,6 +245,38 @@ async fn head(rpc_url: &str) -> Result<u64, BenchError> {
         .map_err(|e| BenchError::Config(format!("{rpc_url}: {e}")))
 }
 
+/// The bench's payee.
+const PAY_TO: Address = Address::repeat_byte(0x77);
+
+/// Fills the ledger at `url` (migrating it first) with `rows` synthetic settled payments of
+/// `token` on the bench chain, printing progress on stderr.
+async fn fill_history(url: &str, rows: u64, token: Address) -> Result<(), BenchError> {
+    let err = |e: crate::ledger::LedgerError| BenchError::Config(format!("history: {e}"));
+    let ledger = crate::ledger::Ledger::connect(url).await.map_err(err)?;
+    let began = std::time::Instant::now();
+    ledger
+        .fill_synthetic_history(rows, 84532, token, PAY_TO, |done| {
+            eprintln!(
+                "history: {done}/{rows} payments ({:.0} s)",
+                began.elapsed().as_secs_f64()
+            );
+        })
+        .await
+        .map_err(err)
+}
+
+/// This process's resident set (Linux; 0 elsewhere).
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// A chain, a facilitator on it, and funded payers.
 pub struct BenchEnv {
     pub chain: DevChain,
@@ -252,6 +286,18 @@ pub struct BenchEnv {
     pub payers: Vec<PrivateKeySigner>,
     pub pay_to: Address,
     pub gas_keys: Vec<PrivateKeySigner>,
+    /// What the first node's start-up cost on the ledger it was given.
+    pub start: NodeStart,
+}
+
+/// The first node's start-up on a ledger holding `history_rows` settled payments (0: empty).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct NodeStart {
+    pub history_rows: u64,
+    /// From the call to a node serving (ledger opened, keys indexed, lanes recovered).
+    pub start_ms: f64,
+    /// This process's resident memory once the node serves (the bench's own included).
+    pub rss_mb: f64,
 }
 
 impl BenchEnv {
@@ -273,12 +319,13 @@ impl BenchEnv {
         settlement: &str,
         gas_wallets: usize,
     ) -> Result<BenchEnv, BenchError> {
-        BenchEnv::start_cluster(payers, block_time, settlement, gas_wallets, 1, None).await
+        BenchEnv::start_cluster(payers, block_time, settlement, gas_wallets, 1, None, 0).await
     }
 
     /// As [`BenchEnv::start_with`], with `nodes` facilitators on one ledger: `ledger` names a
     /// PostgreSQL server, on which a fresh database is made for the run (required above one
-    /// node; default a SQLite file).
+    /// node; default a SQLite file). The ledger first gets `history` synthetic settled payments
+    /// (months of traffic), so that what history costs can be measured.
     pub async fn start_cluster(
         payers: usize,
         block_time: Option<u64>,
@@ -286,6 +333,7 @@ impl BenchEnv {
         gas_wallets: usize,
         nodes: usize,
         ledger: Option<&str>,
+        history: u64,
     ) -> Result<BenchEnv, BenchError> {
         let chain = DevChain::start(84532, block_time).await?;
         let mut env = BTreeMap::new();
@@ -321,12 +369,24 @@ impl BenchEnv {
             super::chain::PLAIN_TOKEN_DECIMALS,
             refs.join(", "),
         );
+        if history > 0 {
+            fill_history(&ledger_url, history, chain.usdc).await?;
+        }
         let mut servers = Vec::new();
+        let mut start = NodeStart {
+            history_rows: history,
+            ..NodeStart::default()
+        };
         for i in 0..nodes.max(1) {
             let text = text.replace("{node}", &format!("node_id = \"bench-{i}\"\n"));
             let config =
                 Config::from_toml(&text, &env).map_err(|e| BenchError::Config(e.to_string()))?;
+            let began = std::time::Instant::now();
             servers.push(RunningServer::start(&config).await?);
+            if i == 0 {
+                start.start_ms = began.elapsed().as_secs_f64() * 1000.0;
+                start.rss_mb = rss_mb();
+            }
         }
         let server = servers.remove(0);
         // Several mints in flight at once (the provider hands out the funder's nonces in order).
@@ -342,7 +402,7 @@ impl BenchEnv {
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-        let pay_to = Address::repeat_byte(0x77);
+        let pay_to = PAY_TO;
         // An already-funded payee, as a merchant's address is: its balance slot is warm.
         chain.mint(chain.usdc, pay_to, U256::from(1u64)).await?;
         Ok(BenchEnv {
@@ -352,6 +412,7 @@ impl BenchEnv {
             payers: funded,
             pay_to,
             gas_keys,
+            start,
         })
     }
 
@@ -533,6 +594,9 @@ pub struct VerifyReport {
     pub node_eth_call: WrkReport,
     /// x402d's verifications per second over the node's simulations per second.
     pub ratio_to_node: f64,
+    /// The node's start-up (a node this command started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_start: Option<NodeStart>,
 }
 
 /// `x402d bench verify`: verify throughput and latency at a fixed concurrency, then the node's
@@ -541,7 +605,8 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
     let (env, target) = match &opts.external {
         Some(e) => (None, e.target()?),
         None => {
-            let env = BenchEnv::start(opts.payers, None, "").await?;
+            let env =
+                BenchEnv::start_cluster(opts.payers, None, "", 1, 1, None, opts.history).await?;
             let target = Target {
                 url: env.server.url(),
                 rpc_url: env.chain.rpc_url(),
@@ -584,6 +649,7 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
     .await
     .map_err(|e| BenchError::Wrk(e.to_string()))??;
     let _ = std::fs::remove_dir_all(&dir);
+    let node_start = env.as_ref().map(|e| e.start);
     if let Some(env) = env {
         env.server.stop().await;
     }
@@ -594,6 +660,7 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
         verify,
         node_eth_call,
         ratio_to_node,
+        node_start,
     })
 }
 
@@ -622,6 +689,8 @@ pub struct SettleLoad {
     /// The share (0 to 1) of requests that repeat a payment sent a moment before (the
     /// `settle-dup` scenario: retries and replays); each should get the original's answer.
     pub duplicates: f64,
+    /// Synthetic settled payments in the ledger before the nodes start.
+    pub history: u64,
 }
 
 /// What `x402d bench settle` measured.
@@ -649,6 +718,9 @@ pub struct SettleReport {
     /// worst node's).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_node: Vec<WrkReport>,
+    /// The first node's start-up (a node this command started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_start: Option<NodeStart>,
 }
 
 /// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments;
@@ -669,6 +741,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
                 opts.gas_wallets,
                 opts.nodes,
                 opts.ledger_url.as_deref(),
+                opts.history,
             )
             .await?;
             let target = Target {
@@ -735,6 +808,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         last_block,
     )
     .await?;
+    let node_start = env.as_ref().map(|e| e.start);
     if let Some(env) = env {
         env.server.stop().await;
         for o in env.others {
@@ -749,6 +823,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         duplicate_share: opts.duplicates,
         nodes: n,
         per_node: if n > 1 { per_node } else { Vec::new() },
+        node_start,
         wrk,
         block_time_s: opts.block_time,
         payments_confirmed: i64::try_from(moved).unwrap_or(i64::MAX),

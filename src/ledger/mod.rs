@@ -9,9 +9,11 @@ mod catalogue;
 mod identifiers;
 mod keys;
 mod leases;
+mod retention;
 mod rows;
 mod signals;
 pub mod state;
+mod synthetic;
 mod writes;
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ pub use catalogue::{CatalogueEntry, Sighting};
 pub use identifiers::BoundIdentifier;
 pub use keys::ApiKeyRecord;
 pub use leases::{Fence, LaneShare, Lease};
+pub use retention::{Archive, MIN_RETENTION, PruneReport, RetentionTask};
 pub use rows::{
     Deploy, Method, MinedTx, NewPayment, NewTransaction, Payment, Transaction, TxStatus,
 };
@@ -159,6 +162,12 @@ impl KeyIndex {
         inner.valid_before.insert(key, valid_before);
     }
 
+    /// Records that keys valid until `until` were left out.
+    fn leave_out_until(&self, until: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.incomplete_until = Some(inner.incomplete_until.unwrap_or(0).max(until));
+    }
+
     /// Whether the key may be held: false only when the index proves it is not.
     fn may_hold(&self, key: &PaymentKey) -> bool {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -185,13 +194,27 @@ impl Ledger {
         let keys = if sqlite {
             let index = KeyIndex::default();
             let now = now_ms() / 1000;
-            let rows = sqlx::query(
-                "SELECT chain_id, asset, payer, nonce, valid_before FROM payments WHERE valid_before >= $1",
-            )
+            // Through the expiry index, and never more than the index holds: start-up costs the
+            // same after months of history.
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT chain_id, asset, payer, nonce, valid_before FROM payments WHERE valid_before >= $1 \
+                 ORDER BY valid_before LIMIT {}",
+                KEY_INDEX_CAP + 1
+            )))
             .bind(now)
             .fetch_all(&pool)
             .await?;
-            for row in &rows {
+            if rows.len() > KEY_INDEX_CAP {
+                // More unexpired keys than the index holds: absence proves nothing until the
+                // latest of them has expired.
+                let latest: Option<i64> =
+                    sqlx::query("SELECT MAX(valid_before) AS v FROM payments")
+                        .fetch_one(&pool)
+                        .await?
+                        .try_get("v")?;
+                index.leave_out_until(latest.and_then(|v| u64::try_from(v).ok()).unwrap_or(0));
+            }
+            for row in rows.iter().take(KEY_INDEX_CAP) {
                 let text = |c: &str| -> Result<String, LedgerError> { Ok(row.try_get(c)?) };
                 let corrupt = |c: &str| LedgerError::Corrupt(format!("payment {c}"));
                 index.insert(
