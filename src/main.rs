@@ -230,6 +230,10 @@ enum BenchCommand {
         /// of history cost; not with --facilitator).
         #[arg(long, default_value_t = 0, conflicts_with = "facilitator")]
         history: u64,
+        /// A PostgreSQL server for the ledger (`postgres://user@host/db`; a fresh database is
+        /// made on it for the run). Default: a SQLite file.
+        #[arg(long, conflicts_with = "facilitator")]
+        ledger_url: Option<String>,
     },
     /// Settlement throughput and latency with distinct pre-signed payments.
     Settle {
@@ -418,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
                     threads,
                     duration,
                     history,
+                    ledger_url,
                 },
         } => {
             let opts = x402d::dev::bench::VerifyLoad {
@@ -428,6 +433,7 @@ async fn main() -> anyhow::Result<()> {
                 threads,
                 duration_s: duration,
                 history,
+                ledger_url,
             };
             let report = x402d::dev::bench::verify_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);

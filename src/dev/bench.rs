@@ -58,6 +58,31 @@ async fn fresh_postgres(url: &str) -> Result<String, BenchError> {
     })
 }
 
+/// Drops the database `url` names, from a connection to the server's `postgres` database.
+async fn drop_postgres(url: &str) -> Result<(), BenchError> {
+    use sqlx::Connection;
+    let err = |e: sqlx::Error| BenchError::Config(format!("{url}: {e}"));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let Some((server, name)) = base.rsplit_once('/') else {
+        return Err(BenchError::Config(format!("{url} names no database")));
+    };
+    let admin = if query.is_empty() {
+        format!("{server}/postgres")
+    } else {
+        format!("{server}/postgres?{query}")
+    };
+    let mut c = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .map_err(err)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut c)
+    .await
+    .map_err(err)?;
+    Ok(())
+}
+
 /// What a wrk run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WrkReport {
@@ -85,6 +110,8 @@ pub struct VerifyLoad {
     pub duration_s: u64,
     /// Synthetic settled payments in the ledger before the node starts.
     pub history: u64,
+    /// A PostgreSQL server for the ledger (a fresh database on it); default a SQLite file.
+    pub ledger_url: Option<String>,
 }
 
 /// A facilitator this command did not start, x402d or another, serving the chain an
@@ -262,7 +289,11 @@ async fn fill_history(url: &str, rows: u64, token: Address) -> Result<(), BenchE
             );
         })
         .await
-        .map_err(err)
+        .map_err(err)?;
+    // Gigabytes just written sit dirty in the page cache; flushed now, not under the load (a
+    // node with months of history has long since written them).
+    let _ = tokio::process::Command::new("sync").status().await;
+    Ok(())
 }
 
 /// This process's resident set (Linux; 0 elsewhere).
@@ -288,6 +319,10 @@ pub struct BenchEnv {
     pub gas_keys: Vec<PrivateKeySigner>,
     /// What the first node's start-up cost on the ledger it was given.
     pub start: NodeStart,
+    /// Holds the SQLite ledger (none with PostgreSQL), removed with the environment.
+    _dir: BenchDir,
+    /// The PostgreSQL database made for the run, dropped by [`BenchEnv::stop`].
+    database: Option<String>,
 }
 
 /// The first node's start-up on a ledger holding `history_rows` settled payments (0: empty).
@@ -301,6 +336,20 @@ pub struct NodeStart {
 }
 
 impl BenchEnv {
+    /// Stops every node, then drops the PostgreSQL database made for the run (with synthetic
+    /// history it is gigabytes).
+    pub async fn stop(self) {
+        self.server.stop().await;
+        for o in self.others {
+            o.stop().await;
+        }
+        if let Some(url) = self.database
+            && let Err(e) = drop_postgres(&url).await
+        {
+            tracing::warn!(error = %e, "could not drop the bench database");
+        }
+    }
+
     /// A chain (mining every `block_time` seconds, or on each transaction), a facilitator with a
     /// funded gas wallet and a ledger in a temporary directory, and `payers` funded payers.
     /// `settlement` adds `[settlement]` keys.
@@ -413,6 +462,8 @@ impl BenchEnv {
             pay_to,
             gas_keys,
             start,
+            _dir: dir,
+            database: ledger.is_some().then_some(ledger_url),
         })
     }
 
@@ -605,8 +656,16 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
     let (env, target) = match &opts.external {
         Some(e) => (None, e.target()?),
         None => {
-            let env =
-                BenchEnv::start_cluster(opts.payers, None, "", 1, 1, None, opts.history).await?;
+            let env = BenchEnv::start_cluster(
+                opts.payers,
+                None,
+                "",
+                1,
+                1,
+                opts.ledger_url.as_deref(),
+                opts.history,
+            )
+            .await?;
             let target = Target {
                 url: env.server.url(),
                 rpc_url: env.chain.rpc_url(),
@@ -648,10 +707,9 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
     })
     .await
     .map_err(|e| BenchError::Wrk(e.to_string()))??;
-    let _ = std::fs::remove_dir_all(&dir);
     let node_start = env.as_ref().map(|e| e.start);
     if let Some(env) = env {
-        env.server.stop().await;
+        env.stop().await;
     }
     let ratio_to_node = verify.requests_per_s / node_eth_call.requests_per_s.max(1e-9);
     Ok(VerifyReport {
@@ -810,12 +868,8 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
     .await?;
     let node_start = env.as_ref().map(|e| e.start);
     if let Some(env) = env {
-        env.server.stop().await;
-        for o in env.others {
-            o.stop().await;
-        }
+        env.stop().await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     let moved = chain.authorizations_used;
     Ok(SettleReport {
         facilitator: target.url,
@@ -982,7 +1036,7 @@ pub async fn recovery(rounds: usize) -> Result<Vec<RecoveryReport>, BenchError> 
             outside_send_to_next_settlement_s: outside_s,
             dropped_to_settled_s: t.elapsed().as_secs_f64(),
         });
-        env.server.stop().await;
+        env.stop().await;
     }
     Ok(out)
 }
@@ -1120,19 +1174,37 @@ pub async fn gas_per_batch(
             l1_fee_wei_per_payment: l1_per,
             usd_per_payment: (l2_per + l1_per) / 1e18 * cost.eth_usd,
         });
-        env.server.stop().await;
+        env.stop().await;
     }
     Ok(points)
 }
 
-fn tempdir() -> Result<PathBuf, std::io::Error> {
+fn tempdir() -> Result<BenchDir, std::io::Error> {
     let dir = std::env::temp_dir().join(format!(
         "x402d-bench-{}-{}",
         std::process::id(),
         alloy::primitives::B256::random()
     ));
     std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok(BenchDir(dir))
+}
+
+/// A scratch directory of one run, removed with everything in it when dropped (on an error
+/// too): a ledger with synthetic history is gigabytes.
+#[derive(Debug)]
+pub struct BenchDir(PathBuf);
+
+impl std::ops::Deref for BenchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[cfg(test)]
