@@ -279,6 +279,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0, conflicts_with = "facilitator")]
         history: u64,
     },
+    /// Fill an empty ledger with synthetic settled payments (USDC on Base Sepolia, expired,
+    /// spread over 120 days ending three days ago) to measure start-up, pruning and load on a
+    /// ledger with months of history.
+    History {
+        /// `sqlite://file.db` or `postgres://…` (migrated first; must hold no payment).
+        #[arg(long)]
+        ledger_url: String,
+        #[arg(long)]
+        rows: u64,
+    },
     /// Seconds to heal: from a reorg to the payee made whole, from an outside send to the next
     /// settlement, from a dropped pool to the payment settled.
     Recovery {
@@ -485,6 +495,9 @@ async fn main() -> anyhow::Result<()> {
             let report = x402d::dev::bench::settle_load(&opts).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
+        Command::Bench {
+            what: BenchCommand::History { ledger_url, rows },
+        } => x402d::dev::bench::fill_history(&ledger_url, rows, None).await?,
         Command::Bench {
             what: BenchCommand::Recovery { rounds },
         } => {

@@ -226,13 +226,17 @@ async fn old_history_is_pruned_and_archived_and_nothing_still_needed_goes(backen
 async fn the_prune_command_archives_then_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/ledger.db", dir.path().display());
-    let ledger = x402d::ledger::Ledger::connect(&url).await.unwrap();
-    let token = alloy::primitives::Address::repeat_byte(1);
-    ledger
-        .fill_synthetic_history(250, CHAIN_ID, token, token, |_| {})
-        .await
+    // Filled by the bench's own command, as an operator measuring a months-old ledger would.
+    let fill = std::process::Command::new(env!("CARGO_BIN_EXE_x402d"))
+        .args(["bench", "history", "--ledger-url", &url, "--rows", "250"])
+        .output()
         .unwrap();
-    drop(ledger);
+    assert!(
+        fill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fill.stderr)
+    );
+    assert!(String::from_utf8_lossy(&fill.stderr).contains("250/250 payments"));
     let config = dir.path().join("x402d.toml");
     std::fs::write(
         &config,

@@ -276,8 +276,9 @@ async fn head(rpc_url: &str) -> Result<u64, BenchError> {
 const PAY_TO: Address = Address::repeat_byte(0x77);
 
 /// Fills the ledger at `url` (migrating it first) with `rows` synthetic settled payments of
-/// `token` on the bench chain, printing progress on stderr.
-async fn fill_history(url: &str, rows: u64, token: Address) -> Result<(), BenchError> {
+/// `token` (default Base Sepolia's USDC) on the bench chain, printing progress on stderr.
+pub async fn fill_history(url: &str, rows: u64, token: Option<Address>) -> Result<(), BenchError> {
+    let token = token.unwrap_or(crate::chain::builtin_usdc(84532).map_or(Address::ZERO, |u| u.0));
     let err = |e: crate::ledger::LedgerError| BenchError::Config(format!("history: {e}"));
     let ledger = crate::ledger::Ledger::connect(url).await.map_err(err)?;
     let began = std::time::Instant::now();
@@ -419,7 +420,7 @@ impl BenchEnv {
             refs.join(", "),
         );
         if history > 0 {
-            fill_history(&ledger_url, history, chain.usdc).await?;
+            fill_history(&ledger_url, history, Some(chain.usdc)).await?;
         }
         let mut servers = Vec::new();
         let mut start = NodeStart {
