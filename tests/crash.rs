@@ -1,6 +1,7 @@
 //! kill -9 of the x402d process mid-settlement, on SQLite and PostgreSQL: after a restart every
 //! accepted payment reaches `confirmed` exactly once.
 
+#[macro_use]
 mod common;
 
 use alloy::primitives::U256;
@@ -9,22 +10,6 @@ use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 use x402d::ledger::{Ledger, TxStatus};
-
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$scenario(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(Backend::Postgres).await
-            }
-        }
-    };
-}
 
 /// Four gas wallets: every kill leaves several lanes with work of their own.
 async fn harness(backend: Backend) -> Option<Harness> {

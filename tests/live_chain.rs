@@ -3,6 +3,7 @@
 //! key, dropped pools, poisoned batch items and dry wallets. Each test asserts money: balances,
 //! `AuthorizationUsed` logs, nonces.
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
@@ -17,22 +18,6 @@ use common::*;
 use futures::StreamExt;
 use serde_json::Value;
 use x402d::ledger::TxStatus;
-
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                super::$scenario(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                super::$scenario(Backend::Postgres).await
-            }
-        }
-    };
-}
 
 async fn harness(
     backend: Backend,
@@ -123,7 +108,10 @@ async fn settle_all(h: &Harness, bodies: &[Value], concurrency: usize) -> Vec<(u
         .await
 }
 
-on_both_backends!(four_wallets_settle_a_thousand_payments_once_with_contiguous_nonces);
+on_both_backends!(
+    four_wallets_settle_a_thousand_payments_once_with_contiguous_nonces,
+    4
+);
 async fn four_wallets_settle_a_thousand_payments_once_with_contiguous_nonces(backend: Backend) {
     let Some(h) = harness(backend, 4, "batch_max_items = 50", "").await else {
         return;
@@ -145,7 +133,10 @@ async fn four_wallets_settle_a_thousand_payments_once_with_contiguous_nonces(bac
     assert!(used >= 3, "only {used} of 4 wallets settled anything");
 }
 
-on_both_backends!(a_stuck_transaction_is_replaced_and_its_payment_settles_once);
+on_both_backends!(
+    a_stuck_transaction_is_replaced_and_its_payment_settles_once,
+    4
+);
 async fn a_stuck_transaction_is_replaced_and_its_payment_settles_once(backend: Backend) {
     let Some(h) = harness(
         backend,
@@ -222,7 +213,10 @@ async fn wait_for_transactions(h: &Harness, n: usize) -> Vec<x402d::ledger::Tran
     }
 }
 
-on_both_backends!(a_batch_waits_visibly_under_the_fee_ceiling_and_settles_when_fees_fall);
+on_both_backends!(
+    a_batch_waits_visibly_under_the_fee_ceiling_and_settles_when_fees_fall,
+    4
+);
 async fn a_batch_waits_visibly_under_the_fee_ceiling_and_settles_when_fees_fall(backend: Backend) {
     const CEILING: u128 = 50_000_000_000; // 50 gwei
     let Some(h) = harness(
@@ -303,7 +297,10 @@ async fn a_batch_waits_visibly_under_the_fee_ceiling_and_settles_when_fees_fall(
     );
 }
 
-on_both_backends!(a_reorg_after_success_is_resubmitted_and_the_payee_made_whole);
+on_both_backends!(
+    a_reorg_after_success_is_resubmitted_and_the_payee_made_whole,
+    4
+);
 async fn a_reorg_after_success_is_resubmitted_and_the_payee_made_whole(backend: Backend) {
     let Some(h) = harness(backend, 1, "", "").await else {
         return;
@@ -367,7 +364,10 @@ async fn assert_lanes_contiguous_ignoring_reorged(h: &Harness) {
     );
 }
 
-on_both_backends!(an_outside_send_from_a_lane_key_mid_load_loses_and_doubles_nothing);
+on_both_backends!(
+    an_outside_send_from_a_lane_key_mid_load_loses_and_doubles_nothing,
+    4
+);
 async fn an_outside_send_from_a_lane_key_mid_load_loses_and_doubles_nothing(backend: Backend) {
     let Some(h) = harness(backend, 1, "rebroadcast_after_seconds = 1", "").await else {
         return;
@@ -410,7 +410,7 @@ async fn an_outside_send_from_a_lane_key_mid_load_loses_and_doubles_nothing(back
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-on_both_backends!(a_dropped_pool_and_a_stolen_nonce_heal_without_loss);
+on_both_backends!(a_dropped_pool_and_a_stolen_nonce_heal_without_loss, 4);
 async fn a_dropped_pool_and_a_stolen_nonce_heal_without_loss(backend: Backend) {
     let Some(h) = harness(
         backend,
@@ -491,7 +491,7 @@ fn spawn_settle(h: &Harness, body: &Value) -> tokio::task::JoinHandle<Value> {
     })
 }
 
-on_both_backends!(one_poisoned_item_in_a_batch_of_fifty_fails_alone);
+on_both_backends!(one_poisoned_item_in_a_batch_of_fifty_fails_alone, 4);
 async fn one_poisoned_item_in_a_batch_of_fifty_fails_alone(backend: Backend) {
     let Some(h) = harness(backend, 1, "", "").await else {
         return;
@@ -522,7 +522,10 @@ async fn one_poisoned_item_in_a_batch_of_fifty_fails_alone(backend: Backend) {
     assert_eq!(h.authorizations_used(greedy.address()).await, 1);
 }
 
-on_both_backends!(a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503);
+on_both_backends!(
+    a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503,
+    4
+);
 async fn a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503(backend: Backend) {
     let Some(h) = harness(backend, 2, "settle_timeout_seconds = 10", "").await else {
         return;
@@ -585,7 +588,7 @@ async fn a_dry_wallet_hands_its_work_to_the_others_and_all_dry_answers_503(backe
     );
 }
 
-on_both_backends!(a_spent_daily_gas_budget_holds_payments_visibly);
+on_both_backends!(a_spent_daily_gas_budget_holds_payments_visibly, 4);
 async fn a_spent_daily_gas_budget_holds_payments_visibly(backend: Backend) {
     // The harness starts no server of its own: this test runs the only one, with a budget.
     let Some(h) = Harness::start_with(HarnessOptions {

@@ -2,6 +2,7 @@
 //! ids, readiness that follows the node and the gas wallet, and the operator page in headless
 //! Chromium.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -17,23 +18,6 @@ use serde_json::Value;
 use x402d::config::Config;
 use x402d::dev::chain::anvil_binary;
 use x402d::http::server::RunningServer;
-
-/// Runs a scenario on both ledger backends.
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$scenario(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(Backend::Postgres).await
-            }
-        }
-    };
-}
 
 const NETWORK: &str = "eip155:84532";
 

@@ -3,6 +3,7 @@
 //! again, archives each before deleting it, and keeps settling (and answering a repeat of a
 //! recent payment with its transaction) afterwards.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -12,22 +13,6 @@ use alloy::primitives::U256;
 use common::*;
 use serde_json::Value;
 use x402d::ledger::{MIN_RETENTION, PruneReport};
-
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$scenario(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(Backend::Postgres).await
-            }
-        }
-    };
-}
 
 const HISTORY: u64 = 1_000;
 

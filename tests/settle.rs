@@ -1,6 +1,7 @@
 //! `/settle` against a real anvil, on SQLite and on PostgreSQL: batching, idempotency, failures
 //! found before broadcast, pending answers, and authorizations settled by someone else.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
@@ -11,23 +12,6 @@ use common::*;
 use futures::future::join_all;
 use serde_json::Value;
 use x402d::ledger::TxStatus;
-
-/// Runs a scenario on both ledger backends.
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$scenario(Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$scenario(Backend::Postgres).await
-            }
-        }
-    };
-}
 
 async fn harness(backend: Backend, settlement: &str) -> Option<Harness> {
     Harness::start_with(HarnessOptions {

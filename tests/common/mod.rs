@@ -15,6 +15,28 @@ use x402d::http::server::RunningServer;
 use x402d::protocol::wire::{ExactEvmPayload, ExactExtra, RequirementsV1, RequirementsV2};
 use x402d::protocol::{AtomicAmount, ChainId};
 
+/// Runs `async fn $scenario(Backend)` as two tests, `$scenario::sqlite` and `$scenario::postgres`,
+/// each on a runtime of `$workers` threads (default 2).
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        on_both_backends!($scenario, 2);
+    };
+    ($scenario:ident, $workers:tt) => {
+        mod $scenario {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = $workers)]
+            async fn sqlite() {
+                super::$scenario(Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = $workers)]
+            async fn postgres() {
+                super::$scenario(Backend::Postgres).await
+            }
+        }
+    };
+}
+
 pub const CHAIN_ID: u64 = 84532;
 pub const ONE_CENT: u64 = 10_000;
 
