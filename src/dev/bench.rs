@@ -35,51 +35,50 @@ pub enum BenchError {
 /// A new database for one run on the PostgreSQL server of `url` (its path names any database
 /// the user may connect to); returns its URL.
 async fn fresh_postgres(url: &str) -> Result<String, BenchError> {
-    use sqlx::Connection;
-    let err = |e: sqlx::Error| BenchError::Config(format!("{url}: {e}"));
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let Some((server, _)) = base.rsplit_once('/').filter(|(s, _)| s.contains("://")) else {
-        return Err(BenchError::Config(format!(
-            "{url} is not postgres://host/database"
-        )));
-    };
     let name = format!("x402d_bench_{}_{}", unix_now(), std::process::id());
-    let mut c = sqlx::postgres::PgConnection::connect(url)
-        .await
-        .map_err(err)?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut c)
-        .await
-        .map_err(err)?;
-    Ok(if query.is_empty() {
-        format!("{server}/{name}")
-    } else {
-        format!("{server}/{name}?{query}")
-    })
+    let (made, _) = on_database(url, &name)?;
+    run_on(url, format!("CREATE DATABASE {name}")).await?;
+    Ok(made)
 }
 
 /// Drops the database `url` names, from a connection to the server's `postgres` database.
 async fn drop_postgres(url: &str) -> Result<(), BenchError> {
+    let (admin, name) = on_database(url, "postgres")?;
+    run_on(
+        &admin,
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+}
+
+/// `url` (`postgres://host/database[?query]`) naming database `name` instead, its query kept,
+/// and the database it named.
+fn on_database(url: &str, name: &str) -> Result<(String, String), BenchError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let Some((server, named)) = base.rsplit_once('/').filter(|(s, _)| s.contains("://")) else {
+        return Err(BenchError::Config(format!(
+            "{url} is not postgres://host/database"
+        )));
+    };
+    let other = if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    };
+    Ok((other, named.to_owned()))
+}
+
+/// Runs one statement on a connection of its own to `url`.
+async fn run_on(url: &str, sql: String) -> Result<(), BenchError> {
     use sqlx::Connection;
     let err = |e: sqlx::Error| BenchError::Config(format!("{url}: {e}"));
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let Some((server, name)) = base.rsplit_once('/') else {
-        return Err(BenchError::Config(format!("{url} names no database")));
-    };
-    let admin = if query.is_empty() {
-        format!("{server}/postgres")
-    } else {
-        format!("{server}/postgres?{query}")
-    };
-    let mut c = sqlx::postgres::PgConnection::connect(&admin)
+    let mut c = sqlx::postgres::PgConnection::connect(url)
         .await
         .map_err(err)?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut c)
-    .await
-    .map_err(err)?;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut c)
+        .await
+        .map_err(err)?;
     Ok(())
 }
 
