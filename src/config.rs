@@ -469,6 +469,11 @@ pub struct NetworkConfig {
     /// Permit2 and the x402 proxies on this chain.
     #[serde(default)]
     pub permit2: Permit2Config,
+    /// Our batch-settlement contract on this chain (`x402d deploy-settler` puts it at the same
+    /// address everywhere): batches of EIP-3009 payments of one token go through it with packed
+    /// calldata. Unset, or without code there: every batch goes through Multicall3.
+    #[serde(default, deserialize_with = "deserialize_some_address")]
+    pub batch_settler: Option<Address>,
 }
 
 /// A chain's fee policy: `max_fee_per_gas = next base fee × base_fee_multiplier + tip`, the tip the

@@ -4,6 +4,7 @@
 pub mod bindings;
 pub mod l1fee;
 pub mod rpc;
+pub mod settler;
 pub mod simulate;
 pub mod tx;
 
@@ -141,6 +142,8 @@ pub struct Network {
     pub tokens: Vec<Token>,
     /// Permit2 and the x402 proxies here.
     pub permit2: Permit2Addresses,
+    /// Our batch-settlement contract here, if configured ([`settler`]).
+    pub batch_settler: Option<Address>,
 }
 
 /// Where Permit2 and the x402 Permit2 proxies are on one network.
@@ -269,6 +272,7 @@ fn network_from_config(
             .map(|t| Token::new(chain_id, t))
             .collect(),
         permit2: Permit2Addresses::from_config(&n.permit2),
+        batch_settler: n.batch_settler,
     })
 }
 

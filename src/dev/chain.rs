@@ -191,32 +191,17 @@ fn install_anvil(dir: &std::path::Path) -> Result<PathBuf, DevChainError> {
     Ok(bin)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Artifact {
-    bytecode: String,
-    deployed_bytecode: String,
-}
-
-fn parse_artifact(artifact: &str) -> Result<Artifact, DevChainError> {
-    serde_json::from_str(artifact).map_err(|e| DevChainError::Artifact(e.to_string()))
-}
-
-fn decode_code(hex: &str) -> Result<Bytes, DevChainError> {
-    alloy::hex::decode(hex.trim_start_matches("0x"))
-        .map(Into::into)
-        .map_err(|e| DevChainError::Artifact(e.to_string()))
-}
-
 /// Creation bytecode of an artifact.
 pub fn creation_code(artifact: &str) -> Result<Bytes, DevChainError> {
-    decode_code(&parse_artifact(artifact)?.bytecode)
+    crate::chain::settler::creation_code(artifact)
+        .map_err(|e| DevChainError::Artifact(e.to_string()))
 }
 
 /// Runtime bytecode of an artifact (what `anvil_setCode` places; only right for contracts with
 /// no immutables and no constructor state).
 pub fn runtime_code(artifact: &str) -> Result<Bytes, DevChainError> {
-    decode_code(&parse_artifact(artifact)?.deployed_bytecode)
+    crate::chain::settler::runtime_code(artifact)
+        .map_err(|e| DevChainError::Artifact(e.to_string()))
 }
 
 /// A running local chain with our contracts in place.
@@ -233,6 +218,8 @@ pub struct DevChain {
     pub usdc_decimals: u8,
     pub usdc_symbol: String,
     pub wallet_factory: Address,
+    /// Our batch settler, at its CREATE2 address ([`crate::chain::settler`]).
+    pub batch_settler: Address,
     /// A plain ERC-20 without EIP-3009 ("Test Token", TT, 6 decimals, minted by `owner`): the
     /// "any ERC-20" of Permit2 payments. Deployed at a fresh address, on a fork too.
     pub plain_token: Address,
@@ -277,6 +264,7 @@ impl DevChain {
             usdc_decimals: 6,
             usdc_symbol: "USDC".to_owned(),
             wallet_factory: Address::ZERO,
+            batch_settler: Address::ZERO,
             plain_token: Address::ZERO,
             fork: None,
         };
@@ -285,6 +273,7 @@ impl DevChain {
         chain.place_token(usdc, usdc_name, "2", 6).await?;
         chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
         chain.plain_token = chain.deploy(artifacts::TEST_TOKEN).await?;
+        chain.batch_settler = chain.place_batch_settler().await?;
         Ok(chain)
     }
 
@@ -332,6 +321,7 @@ impl DevChain {
             usdc_decimals: t.decimals,
             usdc_symbol: t.symbol,
             wallet_factory: Address::ZERO,
+            batch_settler: Address::ZERO,
             plain_token: Address::ZERO,
             fork: Some(Fork {
                 upstream: upstream.to_owned(),
@@ -343,6 +333,7 @@ impl DevChain {
         chain.place_permit2().await?;
         chain.wallet_factory = chain.deploy(artifacts::WALLET_FACTORY).await?;
         chain.plain_token = chain.deploy(artifacts::TEST_TOKEN).await?;
+        chain.batch_settler = chain.place_batch_settler().await?;
         Ok(chain)
     }
 
@@ -533,6 +524,35 @@ impl DevChain {
                 .map_err(chain_err)?;
         }
         Ok(())
+    }
+
+    /// Deploys our batch settler where it goes on every chain (a fork of a chain that has it
+    /// keeps it), through the CREATE2 deployer anvil has by default.
+    async fn place_batch_settler(&self) -> Result<Address, DevChainError> {
+        use crate::chain::settler;
+        let at = settler::address().map_err(chain_err)?;
+        if self
+            .provider
+            .get_code_at(at)
+            .await
+            .map_err(chain_err)?
+            .is_empty()
+        {
+            let tx = TransactionRequest::default()
+                .with_to(settler::CREATE2_DEPLOYER)
+                .with_input(settler::deployment_input().map_err(chain_err)?);
+            self.send(tx).await?;
+            if self
+                .provider
+                .get_code_at(at)
+                .await
+                .map_err(chain_err)?
+                .is_empty()
+            {
+                return Err(chain_err("the batch settler's deployment left no code"));
+            }
+        }
+        Ok(at)
     }
 
     async fn place_multicall3(&self) -> Result<(), DevChainError> {

@@ -73,6 +73,8 @@ pub struct DevEnvironment {
     pub permit2: DevPermit2,
     /// The wallet Dial pays refunds from (funded with gas and the dev USDC).
     pub refund_wallet: String,
+    /// Our batch settler on the chain (its address on every chain; `x402d deploy-settler`).
+    pub batch_settler: String,
 }
 
 /// A token of the dev chain, as `--env-out` lists it.
@@ -285,6 +287,7 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
             upto_proxy: UPTO_PERMIT2_PROXY.to_checksum(None),
         },
         refund_wallet: refund.address().to_checksum(None),
+        batch_settler: chain.batch_settler.to_checksum(None),
     };
     if let Some(path) = &opts.env_out {
         std::fs::write(path, serde_json::to_string_pretty(&env)?)?;

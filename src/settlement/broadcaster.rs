@@ -487,7 +487,7 @@ impl Lane {
             return Ok(false);
         };
         let calls: Vec<ItemCalls> = items.iter().map(|(_, c)| c.clone()).collect();
-        let batch = tx::batch_call(&calls);
+        let batch = tx::batch_call(&calls, self.ctx.settler().await);
         let gas_limit = self.gas_limit(&calls, &batch).await?;
         let Quote::Send(fees) = self.ctx.fees.quote(self.rpc()).await? else {
             return Ok(false);

@@ -252,6 +252,8 @@ pub(crate) struct ChainCtx {
     /// The highest block a receipt of ours was recorded in: the finality watcher's per-head check
     /// must look at blocks it never saw as a head (a payment included and reorged between ticks).
     newest_inclusion: std::sync::atomic::AtomicU64,
+    /// The configured batch settler, once its code was seen on the chain (`None`: Multicall3).
+    settler: tokio::sync::OnceCell<Option<Address>>,
 }
 
 impl ChainCtx {
@@ -261,6 +263,30 @@ impl ChainCtx {
 
     fn chain_id(&self) -> u64 {
         self.network().chain_id.0
+    }
+
+    /// The chain's batch settler if one is configured and its code is there (checked once; an
+    /// address without code is said in the log and left for Multicall3, which is always there).
+    async fn settler(&self) -> Option<Address> {
+        let at = self.network().batch_settler?;
+        let checked = self.settler.get_or_try_init(|| async {
+            let code = self
+                .network()
+                .rpc
+                .request(crate::chain::RpcCall::get_code(at))
+                .await;
+            match code {
+                Ok(Ok(v)) if v.as_str().is_some_and(|c| c.len() > 2) => Ok(Some(at)),
+                Ok(Ok(_)) => {
+                    tracing::error!(network = %self.network_label, settler = %at,
+                        "batch_settler has no code on this chain: batches go through Multicall3");
+                    Ok(None)
+                }
+                // Asked again with the next batch.
+                _ => Err(()),
+            }
+        });
+        checked.await.ok().copied().flatten()
     }
 
     fn unassign(&self, ids: impl IntoIterator<Item = i64>) {
@@ -390,6 +416,7 @@ impl Settlement {
                 waiting: Mutex::new(None),
                 learned_item_gas: Mutex::new(None),
                 newest_inclusion: std::sync::atomic::AtomicU64::new(0),
+                settler: tokio::sync::OnceCell::new(),
             });
             // Counted among the chain's live nodes before any lane looks at its share.
             ledger.heartbeat(ctx.chain_id(), &config.node).await?;

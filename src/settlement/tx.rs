@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::fees::Fees;
 use crate::chain::bindings::{IMulticall3, MULTICALL3};
+use crate::chain::settler;
 pub use crate::chain::tx::{SignedTx, quantity, sign, with_margin};
 use crate::chain::{RpcCall, RpcClient, RpcError};
 use crate::ledger::Payment;
@@ -45,9 +46,11 @@ pub struct BatchCall {
     pub strict_input: Bytes,
 }
 
-/// A batch of one plain transfer goes straight to the token (cheaper); anything else goes through
-/// Multicall3 with `allowFailure=true` so one failed item cannot sink the others.
-pub fn batch_call(items: &[ItemCalls]) -> BatchCall {
+/// A batch of one plain transfer goes straight to the token (cheaper); EIP-3009 payments of one
+/// token go through our batch settler when the chain has one (`settler`, packed calldata);
+/// anything else goes through Multicall3 with `allowFailure=true` so one failed item cannot sink
+/// the others.
+pub fn batch_call(items: &[ItemCalls], settler: Option<Address>) -> BatchCall {
     if let [only] = items
         && only.deploy.is_none()
     {
@@ -56,6 +59,9 @@ pub fn batch_call(items: &[ItemCalls]) -> BatchCall {
             input: only.transfer.clone(),
             strict_input: only.transfer.clone(),
         };
+    }
+    if let Some(call) = settler.and_then(|s| packed_call(s, items)) {
+        return call;
     }
     let calls = |allow_failure: bool| {
         let mut calls = Vec::new();
@@ -80,6 +86,24 @@ pub fn batch_call(items: &[ItemCalls]) -> BatchCall {
         input: calls(true),
         strict_input: calls(false),
     }
+}
+
+/// The batch through our settler, if every item is a plain EIP-3009 transfer of one token that
+/// fits its packed widths.
+fn packed_call(settler: Address, items: &[ItemCalls]) -> Option<BatchCall> {
+    let token = items.first()?.target;
+    if items
+        .iter()
+        .any(|i| i.target != token || i.deploy.is_some() || i.sender.is_some())
+    {
+        return None;
+    }
+    let auths = settler::authorizations(items.iter().map(|i| i.transfer.as_ref()))?;
+    Some(BatchCall {
+        to: settler,
+        input: settler::calldata(token, &auths, false)?,
+        strict_input: settler::calldata(token, &auths, true)?,
+    })
 }
 
 /// The simulation of one item: its transfer, after its deployment when it has one.
@@ -186,11 +210,73 @@ mod tests {
             transfer: Bytes::from(vec![1, 2]),
             sender: None,
         };
-        let call = batch_call(std::slice::from_ref(&item));
+        let call = batch_call(std::slice::from_ref(&item), None);
         assert_eq!(call.to, item.target);
-        let two = batch_call(&[item.clone(), item]);
+        let two = batch_call(&[item.clone(), item], None);
         assert_eq!(two.to, MULTICALL3);
         assert_ne!(two.input, two.strict_input);
+    }
+
+    #[test]
+    fn eip3009_batches_of_one_token_take_the_settler_and_the_rest_multicall3() {
+        use crate::chain::bindings::IEip3009Token::{
+            transferWithAuthorization_0Call as Vrs, transferWithAuthorization_1Call as Sig,
+        };
+        use alloy::primitives::{B256, U256};
+        let token = Address::repeat_byte(1);
+        let vrs = |i: u8| ItemCalls {
+            target: token,
+            deploy: None,
+            transfer: Vrs {
+                from: Address::repeat_byte(i),
+                to: Address::repeat_byte(2),
+                value: U256::from(1000u64),
+                validAfter: U256::ZERO,
+                validBefore: U256::from(2_000_000_000u64),
+                nonce: B256::repeat_byte(i),
+                v: 27,
+                r: B256::repeat_byte(3),
+                s: B256::repeat_byte(4),
+            }
+            .abi_encode()
+            .into(),
+            sender: None,
+        };
+        let settler_at = Address::repeat_byte(0x5e);
+        let packed = batch_call(&[vrs(1), vrs(2)], Some(settler_at));
+        assert_eq!(packed.to, settler_at);
+        assert_eq!(packed.input.len(), 21 + 2 * settler::ITEM_LEN);
+        assert_eq!((packed.input[0], packed.strict_input[0]), (0, 1));
+        // Without a settler, or with anything it cannot carry: Multicall3.
+        assert_eq!(batch_call(&[vrs(1), vrs(2)], None).to, MULTICALL3);
+        let mut other_token = vrs(3);
+        other_token.target = Address::repeat_byte(9);
+        assert_eq!(
+            batch_call(&[vrs(1), other_token], Some(settler_at)).to,
+            MULTICALL3
+        );
+        let mut wallet = vrs(4);
+        wallet.transfer = Sig {
+            from: Address::repeat_byte(4),
+            to: Address::repeat_byte(2),
+            value: U256::from(1000u64),
+            validAfter: U256::ZERO,
+            validBefore: U256::from(2_000_000_000u64),
+            nonce: B256::repeat_byte(4),
+            signature: vec![0u8; 100].into(),
+        }
+        .abi_encode()
+        .into();
+        assert_eq!(
+            batch_call(&[vrs(1), wallet], Some(settler_at)).to,
+            MULTICALL3
+        );
+        let mut deploying = vrs(5);
+        deploying.deploy = Some((Address::repeat_byte(7), Bytes::from(vec![1])));
+        assert_eq!(
+            batch_call(&[vrs(1), deploying], Some(settler_at)).to,
+            MULTICALL3
+        );
     }
 
     #[test]

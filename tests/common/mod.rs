@@ -110,6 +110,8 @@ pub struct HarnessOptions {
     pub exact: String,
     /// Extra `[[networks.tokens]]` tables of the served network.
     pub tokens: String,
+    /// Extra keys of the served `[[networks]]` table; `{batch_settler}` stands for the chain's.
+    pub network: String,
 }
 
 impl Default for HarnessOptions {
@@ -124,6 +126,7 @@ impl Default for HarnessOptions {
             fees: String::new(),
             exact: String::new(),
             tokens: String::new(),
+            network: String::new(),
         }
     }
 }
@@ -218,6 +221,7 @@ impl Harness {
             [[networks]]
             chain_id = {CHAIN_ID}
             rpc_urls = ["{rpc}"]
+            {network}
             [[networks.tokens]]
             address = "{extra_token}"
             name = "Extra Dollar"
@@ -263,6 +267,9 @@ impl Harness {
             settlement = opts.settlement,
             fees = opts.fees,
             tokens = opts.tokens,
+            network = opts
+                .network
+                .replace("{batch_settler}", &chain.batch_settler.to_string()),
             exact = opts.exact.replace("{pay_to}", &pay_to.to_string()),
         );
         let env = gas_env(&gas_keys);
