@@ -166,6 +166,16 @@ enum Command {
         #[command(subcommand)]
         what: KeysCommand,
     },
+    /// Deploy our batch-settlement contract on a configured network from its first gas wallet,
+    /// at the same CREATE2 address on every chain (nothing is sent when it is already there),
+    /// and print its address as JSON: set it as that network's `batch_settler`.
+    DeploySettler {
+        #[arg(long, short, default_value = "x402d.toml")]
+        config: PathBuf,
+        /// The network's chain id (default: the config's only network).
+        #[arg(long)]
+        chain_id: Option<u64>,
+    },
     /// Check a config file and print what it serves.
     CheckConfig {
         #[arg(long, short, default_value = "x402d.toml")]
@@ -234,6 +244,16 @@ enum BenchCommand {
         /// made on it for the run). Default: a SQLite file.
         #[arg(long, conflicts_with = "facilitator")]
         ledger_url: Option<String>,
+        /// Open loop: send this many requests per second whatever the answers take (latency
+        /// counts from when each was due) instead of wrk's fixed connections.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Write an SVG chart of latency and answers per second over the run (needs --rate).
+        #[arg(long, requires = "rate")]
+        svg: Option<PathBuf>,
+        /// Write the figures as a Markdown table to this file too.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Settlement throughput and latency with distinct pre-signed payments.
     Settle {
@@ -278,6 +298,20 @@ enum BenchCommand {
         /// of history cost; not with --facilitator).
         #[arg(long, default_value_t = 0, conflicts_with = "facilitator")]
         history: u64,
+        /// Send batches through our batch settler (deployed on the bench chain) instead of
+        /// Multicall3.
+        #[arg(long, conflicts_with = "facilitator")]
+        batch_settler: bool,
+        /// Open loop: send this many requests per second whatever the answers take (latency
+        /// counts from when each was due) instead of wrk's fixed connections.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Write an SVG chart of latency and answers per second over the run (needs --rate).
+        #[arg(long, requires = "rate")]
+        svg: Option<PathBuf>,
+        /// Write the figures as a Markdown table to this file too.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Fill an empty ledger with synthetic settled payments (USDC on Base Sepolia, expired,
     /// spread over 120 days ending three days ago) to measure start-up, pruning and load on a
@@ -302,6 +336,14 @@ enum BenchCommand {
         /// How the payments move: `eip3009` (USDC) or `permit2` (a plain ERC-20).
         #[arg(long, value_enum, default_value = "eip3009")]
         method: x402d::dev::bench::GasMethod,
+        /// What batches go through, each measured in turn.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "multicall3,settler"
+        )]
+        contracts: Vec<x402d::dev::bench::BatchContract>,
         /// The cost on Base is stated at this L2 gas price (gwei, base fee + tip).
         #[arg(long, default_value_t = 0.01)]
         l2_gwei: f64,
@@ -315,6 +357,10 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3000.0)]
         eth_usd: f64,
     },
+}
+
+fn write_file(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 fn init_tracing(format: LogFormat) {
@@ -433,6 +479,9 @@ async fn main() -> anyhow::Result<()> {
                     duration,
                     history,
                     ledger_url,
+                    rate,
+                    svg,
+                    markdown,
                 },
         } => {
             let opts = x402d::dev::bench::VerifyLoad {
@@ -444,8 +493,19 @@ async fn main() -> anyhow::Result<()> {
                 duration_s: duration,
                 history,
                 ledger_url,
+                rate,
             };
             let report = x402d::dev::bench::verify_load(&opts).await?;
+            if let (Some(path), Some(open)) = (&svg, &report.open_loop) {
+                let title = format!("x402d /verify, open loop at {}/s", open.verify.rate);
+                write_file(
+                    path,
+                    &x402d::dev::openloop::svg(&title, &open.verify.timeline),
+                )?;
+            }
+            if let Some(path) = &markdown {
+                write_file(path, &report.markdown())?;
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
@@ -465,6 +525,10 @@ async fn main() -> anyhow::Result<()> {
                     ledger_url,
                     duplicates,
                     history,
+                    batch_settler,
+                    rate,
+                    svg,
+                    markdown,
                 },
         } => {
             let block_time = (block_time > 0).then_some(block_time);
@@ -491,8 +555,17 @@ async fn main() -> anyhow::Result<()> {
                 ledger_url,
                 duplicates,
                 history,
+                batch_settler,
+                rate,
             };
             let report = x402d::dev::bench::settle_load(&opts).await?;
+            if let (Some(path), Some(open)) = (&svg, report.open_loop.first()) {
+                let title = format!("x402d /settle, open loop at {}/s", open.rate);
+                write_file(path, &x402d::dev::openloop::svg(&title, &open.timeline))?;
+            }
+            if let Some(path) = &markdown {
+                write_file(path, &report.markdown())?;
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
@@ -509,6 +582,7 @@ async fn main() -> anyhow::Result<()> {
                 BenchCommand::Gas {
                     sizes,
                     method,
+                    contracts,
                     l2_gwei,
                     l1_gwei,
                     blob_gwei,
@@ -521,7 +595,12 @@ async fn main() -> anyhow::Result<()> {
                 l1: x402d::chain::l1fee::L1FeeInputs::assumed_base(wei(l1_gwei), wei(blob_gwei)),
                 eth_usd,
             };
-            let points = x402d::dev::bench::gas_per_batch(&sizes, method, &cost).await?;
+            let mut points = Vec::new();
+            for contract in contracts {
+                points.extend(
+                    x402d::dev::bench::gas_per_batch(&sizes, method, contract, &cost).await?,
+                );
+            }
             println!(
                 "{}",
                 serde_json::to_string_pretty(
@@ -622,6 +701,26 @@ async fn main() -> anyhow::Result<()> {
             if outcome.status >= 400 {
                 std::process::exit(1);
             }
+        }
+        Command::DeploySettler { config, chain_id } => {
+            let config = x402d::config::Config::load(&config)?;
+            let network = match chain_id {
+                Some(id) => config.networks.iter().find(|n| n.chain_id == id),
+                None if config.networks.len() == 1 => config.networks.first(),
+                None => anyhow::bail!("the config has several networks: say which with --chain-id"),
+            }
+            .context("no such network in the config")?;
+            let rpc = network
+                .rpc_urls
+                .first()
+                .context("the network has no rpc_urls")?;
+            let signer = config
+                .gas_wallet_signers()?
+                .into_iter()
+                .next()
+                .context("the config has no gas wallet to deploy from")?;
+            let deployed = x402d::chain::settler::deploy(rpc, signer).await?;
+            println!("{}", serde_json::to_string_pretty(&deployed)?);
         }
         Command::Migrate { config } => {
             let config = x402d::config::Config::load(&config)?;

@@ -6,6 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use common::x402d_text;
 use serde_json::Value;
@@ -145,6 +146,27 @@ async fn dev_env_out_pays_and_sigterm_stops_everything() {
         .unwrap();
     assert_eq!(code["code"], "482913", "{code}");
     assert!(env["refund_wallet"].is_string());
+    // The batch settler is on the dev chain at its address on every chain.
+    let settler = x402d::chain::settler::address().unwrap();
+    assert_eq!(
+        env["batch_settler"]
+            .as_str()
+            .unwrap()
+            .parse::<Address>()
+            .unwrap(),
+        settler,
+        "{env}"
+    );
+    let code: Value = http
+        .post(env["rpc_url"].as_str().unwrap())
+        .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_getCode", "params": [settler, "latest"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(code["result"].as_str().unwrap().len() > 2, "{code}");
 
     // SIGTERM: the process exits cleanly and its anvil is gone.
     let pid = child.id().unwrap().to_string();
@@ -728,6 +750,36 @@ async fn bench_verify_smoke_measures_x402d_and_the_node() {
     assert_eq!(
         r["payloads_exhausted"],
         r["verify"]["requests"].as_u64().unwrap() > 400,
+        "{r}"
+    );
+}
+
+/// `x402d bench gas` compares Multicall3 with our batch settler on the same batches: the
+/// settler's batch went through it, and it costs less gas and less L1 data per payment.
+#[tokio::test]
+async fn bench_gas_smoke_compares_multicall3_and_the_settler() {
+    let r = bench(&["gas", "--sizes", "6"]).await;
+    let points = r["points"].as_array().unwrap();
+    let of = |contract: &str| {
+        points
+            .iter()
+            .find(|p| p["contract"] == contract)
+            .unwrap_or_else(|| panic!("no {contract} point: {r}"))
+    };
+    let (multicall, settler) = (of("multicall3"), of("settler"));
+    assert_eq!(multicall["via_settler"], 0, "{r}");
+    assert!(settler["via_settler"].as_u64().unwrap() >= 1, "{r}");
+    let per = |p: &Value, k: &str| p[k].as_f64().unwrap();
+    assert!(
+        per(settler, "gas_per_payment") < per(multicall, "gas_per_payment"),
+        "{r}"
+    );
+    assert!(
+        per(settler, "fastlz_bytes_per_payment") < per(multicall, "fastlz_bytes_per_payment"),
+        "{r}"
+    );
+    assert!(
+        per(settler, "usd_per_payment") < per(multicall, "usd_per_payment"),
         "{r}"
     );
 }

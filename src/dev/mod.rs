@@ -6,3 +6,4 @@ pub mod bench;
 pub mod chain;
 pub mod fork;
 pub mod mode;
+pub mod openloop;
