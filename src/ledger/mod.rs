@@ -34,6 +34,7 @@ pub use rows::{
 use rows::{PAYMENT_COLUMNS, TX_COLUMNS, hex, i64_of, payment_of, transaction_of, u64_of};
 pub use signals::{Signal, Signals};
 pub use state::{Inclusion, PaymentState, Transition};
+pub use writes::QueueClaim;
 
 /// A ledger failure. Always our fault (answered 5xx), never the client's.
 #[derive(Debug, thiserror::Error)]

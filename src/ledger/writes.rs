@@ -28,6 +28,14 @@ pub struct SettledBlock {
     pub block_hash: Option<B256>,
 }
 
+/// Who takes queued payments from a shared ledger, and for how long the claim holds (a node
+/// that dies with a claim delays those payments by at most this).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueClaim<'a> {
+    pub node: &'a str,
+    pub ttl: std::time::Duration,
+}
+
 impl Ledger {
     /// Applies `t` to those of `ids` that are in one of its source states, recording a history event
     /// for each; returns the ids that moved. A payment in any other state is left alone (someone
@@ -42,22 +50,48 @@ impl Ledger {
         Ok(moved)
     }
 
-    /// Oldest queued payments of a chain that are due (not deferred), skipping `exclude`.
+    /// Oldest queued payments of a chain that are due (not deferred), skipping `exclude`; on a
+    /// shared (PostgreSQL) ledger also claimed for `claim` so that no other node batches them.
     pub async fn queued_due(
         &self,
         chain_id: u64,
         limit: usize,
         exclude: &std::collections::HashSet<i64>,
+        claim: &QueueClaim<'_>,
     ) -> Result<Vec<Payment>, LedgerError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE chain_id = $1 AND state = 'queued' AND not_before <= $2 \
-             ORDER BY id LIMIT $3"
-        )))
-        .bind(i64_of(chain_id))
-        .bind(now_ms())
-        .bind(i64::try_from(limit + exclude.len()).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await?;
+        let now = now_ms();
+        let fetch = i64::try_from(limit + exclude.len()).unwrap_or(i64::MAX);
+        let rows = if self.sqlite {
+            // One node per SQLite file: nobody else reads this queue.
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE chain_id = $1 AND state = 'queued' AND not_before <= $2 \
+                 ORDER BY id LIMIT $3"
+            )))
+            .bind(i64_of(chain_id))
+            .bind(now)
+            .bind(fetch)
+            .fetch_all(&self.pool)
+            .await?
+        } else {
+            // Shared queue: take only what no other node holds a live claim on, skipping rows
+            // another node is claiming this instant, and claim them (ours again included).
+            let mut rows = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE payments SET claimed_by = $4, claim_until = $5 WHERE id IN \
+                 (SELECT id FROM payments WHERE chain_id = $1 AND state = 'queued' AND not_before <= $2 \
+                 AND (claim_until <= $2 OR claimed_by = $4) ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {PAYMENT_COLUMNS}"
+            )))
+            .bind(i64_of(chain_id))
+            .bind(now)
+            .bind(fetch)
+            .bind(claim.node)
+            .bind(now.saturating_add(i64::try_from(claim.ttl.as_millis()).unwrap_or(i64::MAX)))
+            .fetch_all(&self.pool)
+            .await?;
+            // RETURNING keeps no order; the queue is first come, first served.
+            rows.sort_by_cached_key(|r| r.try_get::<i64, _>("id").unwrap_or(i64::MAX));
+            rows
+        };
         let mut out = Vec::with_capacity(limit);
         for row in &rows {
             let p = payment_of(row)?;

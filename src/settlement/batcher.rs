@@ -12,7 +12,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use super::fees::Quote;
 use super::tx::{self, ItemCalls};
 use super::{ChainCtx, Item, LaneHandle, LaneHealth, StepError, ms_from_now, reconciler};
-use crate::ledger::Transition;
+use crate::ledger::{QueueClaim, Transition};
 
 /// The longest an item that could not be judged is deferred.
 const DEFER_AT_MOST: Duration = Duration::from_secs(60);
@@ -163,7 +163,15 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
         .clone();
     let items = ctx
         .ledger
-        .queued_due(ctx.chain_id(), want, &exclude)
+        .queued_due(
+            ctx.chain_id(),
+            want,
+            &exclude,
+            &QueueClaim {
+                node: &ctx.config.node,
+                ttl: ctx.config.lane_lease,
+            },
+        )
         .await?;
     if items.is_empty() {
         return Ok(false);
