@@ -226,6 +226,9 @@ enum BenchCommand {
         /// payee and funded payers sign the payloads).
         #[arg(long, requires = "facilitator")]
         env: Option<PathBuf>,
+        /// That facilitator's process on this machine: the report gives its peak RSS.
+        #[arg(long, requires = "facilitator")]
+        pid: Option<u32>,
         #[arg(long, default_value_t = 20_000)]
         payments: usize,
         #[arg(long, default_value_t = 64)]
@@ -264,6 +267,9 @@ enum BenchCommand {
         /// payee and funded payers sign the payloads).
         #[arg(long, requires = "facilitator")]
         env: Option<PathBuf>,
+        /// That facilitator's process on this machine: the report gives its peak RSS.
+        #[arg(long, requires = "facilitator")]
+        pid: Option<u32>,
         #[arg(long, default_value_t = 40_000)]
         payments: usize,
         #[arg(long, default_value_t = 256)]
@@ -328,6 +334,9 @@ enum BenchCommand {
     Recovery {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Write the figures as a Markdown table to this file too.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
     /// Gas per payment against batch size (shared, already-funded payee).
     Gas {
@@ -356,6 +365,9 @@ enum BenchCommand {
         /// ... and this ETH price in US dollars.
         #[arg(long, default_value_t = 3000.0)]
         eth_usd: f64,
+        /// Write the figures as a Markdown table to this file too.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
     },
 }
 
@@ -472,6 +484,7 @@ async fn main() -> anyhow::Result<()> {
                 BenchCommand::Verify {
                     facilitator,
                     env,
+                    pid,
                     payments,
                     payers,
                     connections,
@@ -485,7 +498,7 @@ async fn main() -> anyhow::Result<()> {
                 },
         } => {
             let opts = x402d::dev::bench::VerifyLoad {
-                external: external(facilitator, env),
+                external: external(facilitator, env, pid),
                 payments,
                 payers,
                 connections,
@@ -513,6 +526,7 @@ async fn main() -> anyhow::Result<()> {
                 BenchCommand::Settle {
                     facilitator,
                     env,
+                    pid,
                     payments,
                     payers,
                     connections,
@@ -542,7 +556,7 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?
                 .join("\n");
             let opts = x402d::dev::bench::SettleLoad {
-                external: external(facilitator, env),
+                external: external(facilitator, env, pid),
                 payments,
                 payers,
                 connections,
@@ -572,9 +586,12 @@ async fn main() -> anyhow::Result<()> {
             what: BenchCommand::History { ledger_url, rows },
         } => x402d::dev::bench::fill_history(&ledger_url, rows, None).await?,
         Command::Bench {
-            what: BenchCommand::Recovery { rounds },
+            what: BenchCommand::Recovery { rounds, markdown },
         } => {
             let report = x402d::dev::bench::recovery(rounds).await?;
+            if let Some(path) = &markdown {
+                write_file(path, &x402d::dev::bench::RecoveryReport::markdown(&report))?;
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench {
@@ -587,6 +604,7 @@ async fn main() -> anyhow::Result<()> {
                     l1_gwei,
                     blob_gwei,
                     eth_usd,
+                    markdown,
                 },
         } => {
             let wei = |gwei: f64| (gwei * 1e9).round() as u128;
@@ -601,12 +619,14 @@ async fn main() -> anyhow::Result<()> {
                     x402d::dev::bench::gas_per_batch(&sizes, method, contract, &cost).await?,
                 );
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"prices": cost, "points": points})
-                )?
-            );
+            let report = x402d::dev::bench::GasReport {
+                prices: cost,
+                points,
+            };
+            if let Some(path) = &markdown {
+                write_file(path, &report.markdown())?;
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Text {
             to,
@@ -845,13 +865,15 @@ async fn keys(what: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--facilitator` with its `--env` (clap requires them together).
+/// `--facilitator` with its `--env` (clap requires them together) and `--pid`.
 fn external(
     facilitator: Option<String>,
     env: Option<PathBuf>,
+    pid: Option<u32>,
 ) -> Option<x402d::dev::bench::External> {
     Some(x402d::dev::bench::External {
         url: facilitator?,
         env_file: env?,
+        pid,
     })
 }

@@ -816,9 +816,19 @@ async fn bench_settle_drives_a_facilitator_it_did_not_start() {
         "3",
         "--duplicates",
         "0.2",
+        "--pid",
+        &child.id().unwrap().to_string(),
     ])
     .await;
     assert_eq!(r["facilitator"], url.trim_end_matches('/'), "{r}");
+    // The memory figure is that process's own.
+    assert_eq!(
+        r["peak_rss"]["process"],
+        format!("pid {}", child.id().unwrap()),
+        "{r}"
+    );
+    let rss = r["peak_rss"]["mb"].as_f64().unwrap();
+    assert!(rss > 5.0 && rss < 1000.0, "{r}");
     assert_eq!(r["duplicate_share"], 0.2, "{r}");
     let requests = r["wrk"]["requests"].as_u64().unwrap();
     assert!(requests > 50, "{r}");

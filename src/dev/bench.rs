@@ -96,6 +96,26 @@ pub struct WrkReport {
     /// Answers that were not 200 with the expected body.
     pub unexpected: u64,
     pub socket_errors: u64,
+    /// The unexpected answers by outcome: the status and the answer's reason
+    /// ([`outcome_label`]), so a shortfall says what went wrong.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// The label an unexpected answer is counted under: its HTTP status and the reason it gives
+/// (`errorReason`, `invalidReason` or `error`, cut to 60 characters), as the wrk script does.
+pub fn outcome_label(status: u16, body: &str) -> String {
+    let reason = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            ["errorReason", "invalidReason", "error"]
+                .iter()
+                .find_map(|k| v.get(*k).and_then(|r| r.as_str()).map(str::to_owned))
+        });
+    match reason {
+        Some(r) => format!("{status} {}", r.chars().take(60).collect::<String>()),
+        None => status.to_string(),
+    }
 }
 
 /// Options of `x402d bench verify`.
@@ -123,6 +143,8 @@ pub struct VerifyLoad {
 pub struct External {
     pub url: String,
     pub env_file: PathBuf,
+    /// The facilitator's process on this machine, whose peak RSS the report then gives.
+    pub pid: Option<u32>,
 }
 
 /// What a bench needs of an `--env-out` file (the public contract of `x402d dev`).
@@ -301,11 +323,44 @@ pub async fn fill_history(url: &str, rows: u64, token: Option<Address>) -> Resul
 
 /// This process's resident set (Linux; 0 elsewhere).
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_status_mb("self", "VmRSS:")
+}
+
+/// The peak resident set of a process (Linux).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeakRss {
+    pub mb: f64,
+    /// Whose: `"bench"` (this process, with the nodes it started and also its own payloads
+    /// and parsing: an upper bound of the nodes') or `"pid N"` (a facilitator's own process,
+    /// `--pid`).
+    pub process: String,
+}
+
+impl PeakRss {
+    /// The peak so far of the nodes a bench started in this process, or of `--pid`'s process
+    /// when the bench loads a facilitator outside it (none without one of the two).
+    fn measure(in_process: bool, external: Option<&External>) -> Option<PeakRss> {
+        if in_process {
+            return Some(PeakRss {
+                mb: proc_status_mb("self", "VmHWM:"),
+                process: "bench".into(),
+            });
+        }
+        let pid = external?.pid?;
+        Some(PeakRss {
+            mb: proc_status_mb(&pid.to_string(), "VmHWM:"),
+            process: format!("pid {pid}"),
+        })
+    }
+}
+
+/// A size in MB from a line of `/proc/<proc>/status` (0 when unreadable).
+fn proc_status_mb(proc: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{proc}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
@@ -591,6 +646,7 @@ function init(args)
   nthreads = tonumber(os.getenv("X402D_BENCH_THREADS"))
   i = tid - nthreads
   unexpected = 0
+  outcomes = {}
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end
@@ -601,15 +657,31 @@ function request()
   return wrk.format(nil, path, nil, bodies[i])
 end
 function response(status, headers, body)
-  if status ~= 200 or not string.find(body, expect, 1, true) then unexpected = unexpected + 1 end
+  if status ~= 200 or not string.find(body, expect, 1, true) then
+    unexpected = unexpected + 1
+    -- The same label as outcome_label() in Rust: status and the answer's reason, if any.
+    local reason = string.match(body, '"errorReason"%s*:%s*"([^"]*)"')
+      or string.match(body, '"invalidReason"%s*:%s*"([^"]*)"')
+      or string.match(body, '"error"%s*:%s*"([^"]*)"')
+    local key = tostring(status) .. (reason and (" " .. string.sub(reason, 1, 60)) or "")
+    outcomes[key] = (outcomes[key] or 0) + 1
+  end
 end
 function done(summary, latency, requests)
   local bad = 0
-  for _, t in ipairs(threads) do bad = bad + t:get("unexpected") end
+  local merged = {}
+  for _, t in ipairs(threads) do
+    bad = bad + t:get("unexpected")
+    for k, v in pairs(t:get("outcomes")) do merged[k] = (merged[k] or 0) + v end
+  end
+  local parts = {}
+  for k, v in pairs(merged) do
+    table.insert(parts, string.format('"%s":%d', (string.gsub(k, '[\\"]', '')), v))
+  end
   local e = summary.errors
-  io.write(string.format('X402D_BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"unexpected":%d,"socket_errors":%d}\n',
+  io.write(string.format('X402D_BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"unexpected":%d,"socket_errors":%d,"outcomes":{%s}}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, bad,
-    e.connect + e.read + e.write + e.timeout))
+    e.connect + e.read + e.write + e.timeout, table.concat(parts, ",")))
 end
 "#;
 
@@ -665,6 +737,8 @@ pub fn run_wrk(
         max_us: u64,
         unexpected: u64,
         socket_errors: u64,
+        #[serde(default)]
+        outcomes: BTreeMap<String, u64>,
     }
     let raw: Raw =
         serde_json::from_str(line).map_err(|e| BenchError::Wrk(format!("{e}: {line}")))?;
@@ -679,6 +753,7 @@ pub fn run_wrk(
         max_ms: raw.max_us as f64 / 1e3,
         unexpected: raw.unexpected,
         socket_errors: raw.socket_errors,
+        outcomes: raw.outcomes,
     })
 }
 
@@ -740,7 +815,8 @@ pub struct VerifyReport {
     pub payloads_exhausted: bool,
     pub verify: WrkReport,
     pub node_eth_call: WrkReport,
-    /// x402d's verifications per second over the node's simulations per second.
+    /// x402d's verifications per second over the node's simulations per second (expected
+    /// answers only: a fast refusal is not a verification).
     pub ratio_to_node: f64,
     /// The open loop's details (with `--rate`): the same rate for both, latency from when
     /// each request was due.
@@ -749,6 +825,9 @@ pub struct VerifyReport {
     /// The node's start-up (a node this command started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_start: Option<NodeStart>,
+    /// The facilitator's peak resident set after the load ([`PeakRss`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss: Option<PeakRss>,
 }
 
 impl VerifyReport {
@@ -763,20 +842,39 @@ impl VerifyReport {
         ] {
             out.push_str(&format!("| {name} | {} |\n", r.markdown_cells()));
         }
-        out.push_str(&format!(
-            "\nRatio of x402d to the node: {:.3}{}\n",
-            self.ratio_to_node,
-            if self.payloads_exhausted {
-                " (payloads ran out and were sent again)"
-            } else {
-                ""
-            }
-        ));
+        if let Some(open) = &self.open_loop {
+            // Both were offered the same rate: the ratio says only that both kept up.
+            out.push_str(&format!(
+                "\nOpen loop: both offered {}/s; compare their latency.\n",
+                open.verify.rate
+            ));
+        } else {
+            out.push_str(&format!(
+                "\nRatio of x402d to the node: {:.3}\n",
+                self.ratio_to_node
+            ));
+        }
+        if self.payloads_exhausted {
+            out.push_str(
+                "\nPayloads ran out and were sent again: part of the figure is of repeats.\n",
+            );
+        }
+        out.push_str(&self.verify.outcomes_line("x402d"));
+        out.push_str(&self.node_eth_call.outcomes_line("the node"));
+        out.push_str(&rss_line(self.node_start.as_ref(), self.peak_rss.as_ref()));
         out
     }
 }
 
 impl WrkReport {
+    /// Answers per second that were as expected.
+    pub fn expected_per_s(&self) -> f64 {
+        let good = self
+            .requests
+            .saturating_sub(self.unexpected + self.socket_errors);
+        good as f64 / self.duration_s.max(1e-9)
+    }
+
     fn markdown_cells(&self) -> String {
         format!(
             "{} | {:.1} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {}",
@@ -788,6 +886,23 @@ impl WrkReport {
             self.max_ms,
             self.unexpected + self.socket_errors
         )
+    }
+
+    /// What the unexpected answers were, as a sentence under a table (empty when there were
+    /// none).
+    fn outcomes_line(&self, name: &str) -> String {
+        let mut parts: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(label, n)| format!("{n} × `{label}`"))
+            .collect();
+        if self.socket_errors > 0 {
+            parts.push(format!("{} socket errors", self.socket_errors));
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        format!("\nUnexpected answers from {name}: {}.\n", parts.join(", "))
     }
 }
 
@@ -809,7 +924,31 @@ impl SettleReport {
             } else {
                 ""
             }
-        )
+        ) + &self.wrk.outcomes_line("the facilitator")
+            + &rss_line(self.node_start.as_ref(), self.peak_rss.as_ref())
+    }
+}
+
+/// The memory line under a report's table (nothing for a facilitator the bench did not start
+/// and was not given the process of).
+fn rss_line(start: Option<&NodeStart>, peak: Option<&PeakRss>) -> String {
+    let whose = |p: &PeakRss| {
+        if p.process == "bench" {
+            "bench process included".to_owned()
+        } else {
+            format!("the facilitator's process alone, {}", p.process)
+        }
+    };
+    match (start, peak) {
+        (Some(s), Some(p)) => format!(
+            "\nStart-up {:.1} ms; RSS {:.1} MB once serving, peak {:.1} MB under the load ({}).\n",
+            s.start_ms,
+            s.rss_mb,
+            p.mb,
+            whose(p)
+        ),
+        (None, Some(p)) => format!("\nPeak RSS {:.1} MB under the load ({}).\n", p.mb, whose(p)),
+        _ => String::new(),
     }
 }
 
@@ -879,10 +1018,11 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
         _ => None,
     };
     let node_start = env.as_ref().map(|e| e.start);
+    let peak_rss = PeakRss::measure(env.is_some(), opts.external.as_ref());
     if let Some(env) = env {
         env.stop().await;
     }
-    let ratio_to_node = verify.requests_per_s / node_eth_call.requests_per_s.max(1e-9);
+    let ratio_to_node = verify.expected_per_s() / node_eth_call.expected_per_s().max(1e-9);
     Ok(VerifyReport {
         facilitator: target.url,
         payloads_exhausted: verify.requests > opts.payments as u64,
@@ -891,6 +1031,7 @@ pub async fn verify_load(opts: &VerifyLoad) -> Result<VerifyReport, BenchError> 
         ratio_to_node,
         open_loop,
         node_start,
+        peak_rss,
     })
 }
 
@@ -960,6 +1101,9 @@ pub struct SettleReport {
     /// The first node's start-up (a node this command started).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_start: Option<NodeStart>,
+    /// The facilitator's peak resident set after the load ([`PeakRss`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss: Option<PeakRss>,
 }
 
 /// `x402d bench settle`: settlement throughput and latency with distinct pre-signed payments;
@@ -1047,6 +1191,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
     )
     .await?;
     let node_start = env.as_ref().map(|e| e.start);
+    let peak_rss = PeakRss::measure(env.is_some(), opts.external.as_ref());
     if let Some(env) = env {
         env.stop().await;
     }
@@ -1059,6 +1204,7 @@ pub async fn settle_load(opts: &SettleLoad) -> Result<SettleReport, BenchError> 
         per_node: if n > 1 { per_node } else { Vec::new() },
         open_loop,
         node_start,
+        peak_rss,
         wrk,
         block_time_s: opts.block_time,
         payments_confirmed: i64::try_from(moved).unwrap_or(i64::MAX),
@@ -1112,6 +1258,12 @@ fn combined(runs: &[WrkReport]) -> WrkReport {
         max_ms: max(|r| r.max_ms),
         unexpected: runs.iter().map(|r| r.unexpected).sum(),
         socket_errors: runs.iter().map(|r| r.socket_errors).sum(),
+        outcomes: runs.iter().fold(BTreeMap::new(), |mut all, r| {
+            for (k, v) in &r.outcomes {
+                *all.entry(k.clone()).or_insert(0) += v;
+            }
+            all
+        }),
     }
 }
 
@@ -1126,6 +1278,25 @@ pub struct RecoveryReport {
     /// From a transaction of ours dropped from the pool (mining paused, then resumed) until its
     /// payment settles: the lane rebroadcasts it after `rebroadcast_after` (1 s here).
     pub dropped_to_settled_s: f64,
+}
+
+impl RecoveryReport {
+    /// Rounds of `x402d bench recovery` as a Markdown table.
+    pub fn markdown(rounds: &[RecoveryReport]) -> String {
+        let mut out = String::from(
+            "| round | reorg → payee whole | outside send → next settlement | dropped pool → settled |\n|---|---|---|---|\n",
+        );
+        for (i, r) in rounds.iter().enumerate() {
+            out.push_str(&format!(
+                "| {} | {:.2} s | {:.2} s | {:.2} s |\n",
+                i + 1,
+                r.reorg_to_payee_whole_s,
+                r.outside_send_to_next_settlement_s,
+                r.dropped_to_settled_s
+            ));
+        }
+        out
+    }
 }
 
 /// `x402d bench recovery`: how fast the engine heals after a reorg, an outside send and a
@@ -1246,6 +1417,47 @@ pub struct GasPoint {
     pub l2_fee_wei_per_payment: f64,
     pub l1_fee_wei_per_payment: f64,
     pub usd_per_payment: f64,
+}
+
+/// What `x402d bench gas` measured: the prices, and a point per contract and size.
+#[derive(Debug, Clone, Serialize)]
+pub struct GasReport {
+    pub prices: BaseCost,
+    pub points: Vec<GasPoint>,
+}
+
+impl GasReport {
+    /// The figures as a Markdown table, with the prices they are stated at.
+    pub fn markdown(&self) -> String {
+        let gwei = |wei: u128| wei as f64 / 1e9;
+        let mut out = format!(
+            "Prices: L2 gas {} gwei, L1 base fee {} gwei, blob base fee {} gwei, ETH ${}.\n\n\
+             | contract | sent | batch | gas/payment | ratio to direct | bytes/payment | FastLZ bytes/payment | L2 fee/payment (wei) | L1 fee/payment (wei) | USD/payment |\n\
+             |---|---|---|---|---|---|---|---|---|---|\n",
+            gwei(self.prices.l2_gas_price_wei),
+            gwei(self.prices.l1.l1_base_fee),
+            gwei(self.prices.l1.blob_base_fee),
+            self.prices.eth_usd,
+        );
+        for p in &self.points {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {:.3} | {:.0} | {:.1} | {:.3e} | {:.3e} | {:.6} |\n",
+                clap::ValueEnum::to_possible_value(&p.contract)
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default(),
+                p.payments,
+                p.batch_size,
+                p.gas_per_payment,
+                p.ratio_to_direct,
+                p.bytes_per_payment,
+                p.fastlz_bytes_per_payment,
+                p.l2_fee_wei_per_payment,
+                p.l1_fee_wei_per_payment,
+                p.usd_per_payment,
+            ));
+        }
+        out
+    }
 }
 
 /// The prices a cost on Base is stated at.
@@ -1430,6 +1642,31 @@ impl Drop for BenchDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcomes_are_labelled_by_status_and_reason() {
+        assert_eq!(
+            outcome_label(
+                200,
+                r#"{"success":false,"errorReason":"insufficient_funds"}"#
+            ),
+            "200 insufficient_funds"
+        );
+        assert_eq!(
+            outcome_label(
+                400,
+                r#"{"isValid":false,"invalidReason":"invalid_network"}"#
+            ),
+            "400 invalid_network"
+        );
+        assert_eq!(
+            outcome_label(429, r#"{"error":"rate limited"}"#),
+            "429 rate limited"
+        );
+        assert_eq!(outcome_label(502, "Bad Gateway"), "502");
+        let long = format!(r#"{{"error":"{}"}}"#, "é".repeat(100));
+        assert_eq!(outcome_label(500, &long).chars().count(), 4 + 60);
+    }
 
     #[test]
     fn duplicates_are_the_share_asked_and_follow_their_original() {

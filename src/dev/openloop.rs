@@ -3,11 +3,12 @@
 //! omission); here each latency counts from when its request was due, so a stall shows as the
 //! queue it makes. Also what the bench's latency-over-time chart is drawn from.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::bench::{BenchError, WrkReport};
+use super::bench::{BenchError, WrkReport, outcome_label};
 
 /// One slice of a run's timeline.
 #[derive(Debug, Clone, Serialize)]
@@ -37,12 +38,14 @@ pub struct OpenLoopReport {
     pub timeline: Vec<Bucket>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sample {
     due_s: f64,
     latency_ms: f64,
     ok: bool,
     socket_error: bool,
+    /// What an unexpected answer said ([`outcome_label`]).
+    outcome: Option<String>,
 }
 
 /// Width of a timeline slice.
@@ -91,21 +94,23 @@ pub async fn run(
                 .body(body)
                 .send()
                 .await;
-            let (ok, socket_error) = match answer {
+            let (ok, socket_error, outcome) = match answer {
                 Ok(r) => {
                     let status = r.status();
                     match r.text().await {
-                        Ok(text) => (status == 200 && text.contains(&expect), false),
-                        Err(_) => (false, true),
+                        Ok(text) if status == 200 && text.contains(&expect) => (true, false, None),
+                        Ok(text) => (false, false, Some(outcome_label(status.as_u16(), &text))),
+                        Err(_) => (false, true, None),
                     }
                 }
-                Err(_) => (false, true),
+                Err(_) => (false, true, None),
             };
             Sample {
                 due_s,
                 latency_ms: due.elapsed().as_secs_f64() * 1e3,
                 ok,
                 socket_error,
+                outcome,
             }
         }));
     }
@@ -150,6 +155,13 @@ fn summary(samples: &[Sample], duration_s: f64) -> WrkReport {
         max_ms: lat.last().copied().unwrap_or(0.0),
         unexpected: samples.iter().filter(|s| !s.ok).count() as u64,
         socket_errors: samples.iter().filter(|s| s.socket_error).count() as u64,
+        outcomes: samples.iter().filter_map(|s| s.outcome.clone()).fold(
+            BTreeMap::new(),
+            |mut all, o| {
+                *all.entry(o).or_insert(0) += 1;
+                all
+            },
+        ),
     }
 }
 
@@ -245,6 +257,8 @@ mod tests {
             latency_ms,
             ok,
             socket_error: false,
+            outcome: (!ok)
+                .then(|| "402 invalid_exact_evm_payload_authorization_valid_before".into()),
         }
     }
 
@@ -274,6 +288,11 @@ mod tests {
         assert_eq!(t[0].answered_per_s, 10.0);
         let s = summary(&samples, 1.0);
         assert_eq!((s.requests, s.unexpected, s.max_ms), (10, 1, 300.0));
+        assert_eq!(
+            s.outcomes
+                .get("402 invalid_exact_evm_payload_authorization_valid_before"),
+            Some(&1)
+        );
         let chart = svg("verify <500/s>", &t);
         assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
         assert!(chart.contains("verify &lt;500/s&gt;"));
