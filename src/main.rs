@@ -338,6 +338,24 @@ enum BenchCommand {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// The paid SMS flow end to end: buyers ask Dial to send an SMS, pay its 402 and wait for
+    /// the settled answer (starts an `x402d dev` of its own unless given one's --env).
+    Merchant {
+        /// The `x402d dev --env-out` file of a running dev: its Dial is loaded.
+        #[arg(long)]
+        env: Option<PathBuf>,
+        /// That dev's process: the report gives its peak RSS.
+        #[arg(long, requires = "env")]
+        pid: Option<u32>,
+        /// Buyers paying at once, each with its own payer.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        #[arg(long, default_value_t = 15)]
+        duration: u64,
+        /// Write the figures as a Markdown table to this file too.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// Gas per payment against batch size (shared, already-funded payee).
     Gas {
         #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
@@ -585,6 +603,28 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench {
             what: BenchCommand::History { ledger_url, rows },
         } => x402d::dev::bench::fill_history(&ledger_url, rows, None).await?,
+        Command::Bench {
+            what:
+                BenchCommand::Merchant {
+                    env,
+                    pid,
+                    connections,
+                    duration,
+                    markdown,
+                },
+        } => {
+            let opts = x402d::dev::merchant_bench::MerchantLoad {
+                env_file: env,
+                pid,
+                connections,
+                duration_s: duration,
+            };
+            let report = x402d::dev::merchant_bench::merchant_load(&opts).await?;
+            if let Some(path) = &markdown {
+                write_file(path, &report.markdown())?;
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
         Command::Bench {
             what: BenchCommand::Recovery { rounds, markdown },
         } => {

@@ -848,3 +848,31 @@ async fn bench_settle_drives_a_facilitator_it_did_not_start() {
     assert!(r["gas_per_payment"].as_f64().unwrap() > 10_000.0, "{r}");
     terminate(&mut child).await;
 }
+
+/// `x402d bench merchant` starts its own `x402d dev` and buys SMS from Dial end to end: every
+/// paid request answered 200 with a settled receipt, each one an `AuthorizationUsed` on chain,
+/// nothing reverted, and the dev process's own peak RSS reported.
+#[tokio::test]
+async fn bench_merchant_smoke_buys_sms_through_the_facilitator() {
+    let r = bench(&["merchant", "--connections", "4", "--duration", "3"]).await;
+    let paid = r["load"]["requests"].as_u64().unwrap();
+    assert!(paid >= 4, "{r}");
+    assert_eq!(r["load"]["unexpected"], 0, "{r}");
+    assert!(r["load"].get("outcomes").is_none(), "{r}");
+    // Dial answers after settlement: every paid SMS has moved its money.
+    assert_eq!(r["payments_confirmed"].as_u64().unwrap(), paid, "{r}");
+    assert_eq!(r["reverted_transactions"], 0, "{r}");
+    assert!(r["gas_per_payment"].as_f64().unwrap() > 10_000.0, "{r}");
+    assert!(
+        r["url"].as_str().unwrap().ends_with("/api/v1/sms/send"),
+        "{r}"
+    );
+    assert!(
+        r["peak_rss"]["process"]
+            .as_str()
+            .unwrap()
+            .starts_with("pid "),
+        "{r}"
+    );
+    assert!(r["peak_rss"]["mb"].as_f64().unwrap() > 5.0, "{r}");
+}

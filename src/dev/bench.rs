@@ -149,14 +149,40 @@ pub struct External {
 
 /// What a bench needs of an `--env-out` file (the public contract of `x402d dev`).
 #[derive(Deserialize)]
-struct EnvFile {
-    rpc_url: String,
+pub(super) struct EnvFile {
+    pub(super) rpc_url: String,
     network: String,
-    usdc: Address,
+    pub(super) usdc: Address,
     eip712_name: String,
     eip712_version: String,
     pay_to: Address,
     payer_keys: Vec<String>,
+    /// Dial's base URL (absent when dev ran `--chain-only`).
+    #[serde(default)]
+    pub(super) merchant_url: Option<String>,
+}
+
+impl EnvFile {
+    /// Reads an `x402d dev --env-out` file.
+    pub(super) fn read(path: &Path) -> Result<EnvFile, BenchError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BenchError::Config(format!("--env {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            BenchError::Config(format!(
+                "--env {} is not an `x402d dev --env-out` file: {e}",
+                path.display()
+            ))
+        })
+    }
+
+    /// The funded payers' keys.
+    pub(super) fn payers(&self) -> Result<Vec<PrivateKeySigner>, BenchError> {
+        self.payer_keys
+            .iter()
+            .map(|k| k.parse::<PrivateKeySigner>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BenchError::Config(format!("a payer key in --env: {e}")))
+    }
 }
 
 /// Where a run's payloads go and what they pay.
@@ -169,20 +195,8 @@ struct Target {
 
 impl External {
     fn target(&self) -> Result<Target, BenchError> {
-        let text = std::fs::read_to_string(&self.env_file)
-            .map_err(|e| BenchError::Config(format!("--env {}: {e}", self.env_file.display())))?;
-        let env: EnvFile = serde_json::from_str(&text).map_err(|e| {
-            BenchError::Config(format!(
-                "--env {} is not an `x402d dev --env-out` file: {e}",
-                self.env_file.display()
-            ))
-        })?;
-        let payers = env
-            .payer_keys
-            .iter()
-            .map(|k| k.parse::<PrivateKeySigner>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BenchError::Config(format!("a payer key in --env: {e}")))?;
+        let env = EnvFile::read(&self.env_file)?;
+        let payers = env.payers()?;
         Ok(Target {
             url: self.url.trim_end_matches('/').to_owned(),
             rpc_url: env.rpc_url,
@@ -224,7 +238,7 @@ fn cent_to(
 
 /// What the chain shows of a run: every transaction mined in its blocks.
 #[derive(Debug, Clone, Default)]
-pub struct ChainTally {
+pub(super) struct ChainTally {
     pub transactions: usize,
     pub reverted: usize,
     pub gas_used: u64,
@@ -236,7 +250,7 @@ pub struct ChainTally {
 
 /// Reads blocks `from..=to` of `rpc_url`: their transactions, gas and `token`'s
 /// `AuthorizationUsed` logs (whoever sent them: it works for any facilitator).
-async fn chain_tally(
+pub(super) async fn chain_tally(
     rpc_url: &str,
     token: Address,
     from: u64,
@@ -288,7 +302,7 @@ fn provider(rpc_url: &str) -> Result<impl alloy::providers::Provider + Clone, Be
     Ok(alloy::providers::ProviderBuilder::new().connect_http(url))
 }
 
-async fn head(rpc_url: &str) -> Result<u64, BenchError> {
+pub(super) async fn head(rpc_url: &str) -> Result<u64, BenchError> {
     use alloy::providers::Provider;
     provider(rpc_url)?
         .get_block_number()
@@ -346,11 +360,15 @@ impl PeakRss {
                 process: "bench".into(),
             });
         }
-        let pid = external?.pid?;
-        Some(PeakRss {
+        external?.pid.map(PeakRss::of_pid)
+    }
+
+    /// The peak so far of process `pid`.
+    pub(super) fn of_pid(pid: u32) -> PeakRss {
+        PeakRss {
             mb: proc_status_mb(&pid.to_string(), "VmHWM:"),
             process: format!("pid {pid}"),
-        })
+        }
     }
 }
 
@@ -890,7 +908,7 @@ impl WrkReport {
 
     /// What the unexpected answers were, as a sentence under a table (empty when there were
     /// none).
-    fn outcomes_line(&self, name: &str) -> String {
+    pub(super) fn outcomes_line(&self, name: &str) -> String {
         let mut parts: Vec<String> = self
             .outcomes
             .iter()
@@ -931,7 +949,7 @@ impl SettleReport {
 
 /// The memory line under a report's table (nothing for a facilitator the bench did not start
 /// and was not given the process of).
-fn rss_line(start: Option<&NodeStart>, peak: Option<&PeakRss>) -> String {
+pub(super) fn rss_line(start: Option<&NodeStart>, peak: Option<&PeakRss>) -> String {
     let whose = |p: &PeakRss| {
         if p.process == "bench" {
             "bench process included".to_owned()
@@ -1611,7 +1629,7 @@ pub async fn gas_per_batch(
     Ok(points)
 }
 
-fn tempdir() -> Result<BenchDir, std::io::Error> {
+pub(super) fn tempdir() -> Result<BenchDir, std::io::Error> {
     let dir = std::env::temp_dir().join(format!(
         "x402d-bench-{}-{}",
         std::process::id(),

@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod chain;
 pub mod fork;
+pub mod merchant_bench;
 pub mod mode;
 pub mod openloop;

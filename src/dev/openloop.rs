@@ -38,14 +38,16 @@ pub struct OpenLoopReport {
     pub timeline: Vec<Bucket>,
 }
 
+/// One request's fate.
 #[derive(Debug, Clone)]
-struct Sample {
-    due_s: f64,
-    latency_ms: f64,
-    ok: bool,
-    socket_error: bool,
+pub(super) struct Sample {
+    /// When it was due (sent, in a closed loop), seconds since the run began.
+    pub(super) due_s: f64,
+    pub(super) latency_ms: f64,
+    pub(super) ok: bool,
+    pub(super) socket_error: bool,
     /// What an unexpected answer said ([`outcome_label`]).
-    outcome: Option<String>,
+    pub(super) outcome: Option<String>,
 }
 
 /// Width of a timeline slice.
@@ -142,7 +144,8 @@ fn sorted_latencies<'a>(samples: impl Iterator<Item = &'a Sample>) -> Vec<f64> {
     v
 }
 
-fn summary(samples: &[Sample], duration_s: f64) -> WrkReport {
+/// Samples as a report: counts, percentiles of the answered, unexpected answers by outcome.
+pub(super) fn summary(samples: &[Sample], duration_s: f64) -> WrkReport {
     let answered = samples.iter().filter(|s| !s.socket_error);
     let lat = sorted_latencies(answered);
     WrkReport {
