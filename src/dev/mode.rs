@@ -198,7 +198,9 @@ pub async fn start(opts: &DevOptions) -> anyhow::Result<DevStack> {
         "# Written by `x402d dev` for its dev chain (throwaway keys; never use them elsewhere).\n\
          [server]\npublic = true\nlisten = \"127.0.0.1:{port}\"\n{cluster}[[networks]]\nchain_id = {chain_id}\nrpc_urls = [\"{rpc}\"]\n{tokens}\
          [exact]\neip6492_factories = [\"{factory}\"]\n[gas_wallets]\nprivate_keys = [{keys}]\n\
-         [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\nrefund_private_key = \"0x{refund_key}\"\n",
+         [ledger]\nurl = \"{ledger}\"\n[dial]\npay_to = \"{pay_to}\"\npublic_url = \"{url}\"\nrefund_private_key = \"0x{refund_key}\"\n\
+         # Local tests and benches call Dial from one address at load (the default is 60 a minute).\n\
+         rate_limit_per_minute = 1000000\n",
         refund_key = alloy::hex::encode(refund.to_bytes()),
         cluster = if nodes > 1 {
             format!(
