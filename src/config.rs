@@ -278,6 +278,8 @@ pub struct SettlementSection {
     /// half of it leaves room for ERC-6492 deployments the model may underestimate).
     #[serde(default = "default_batch_max_gas")]
     pub batch_max_gas: u64,
+    /// The slowest receipt poll of in-flight transactions; lanes poll faster (to 10 ms) where
+    /// receipts come sooner.
     #[serde(default = "default_receipt_poll")]
     pub receipt_poll_ms: u64,
     #[serde(default = "default_rebroadcast")]

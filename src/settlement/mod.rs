@@ -48,7 +48,8 @@ pub struct SettlementConfig {
     pub batch_max_items: usize,
     /// A batch's modelled gas ([`tx::modelled_gas`]) stays under this.
     pub batch_max_gas: u64,
-    /// How often in-flight transactions' receipts are polled.
+    /// The slowest in-flight transactions' receipts are polled: the lane polls faster (down to
+    /// 10 ms) when receipts appear sooner (a chain that mines at once).
     pub receipt_poll: Duration,
     /// Rebroadcast a transaction that has no receipt after this long (a dropped pool forgets it).
     pub rebroadcast_after: Duration,
