@@ -559,6 +559,18 @@ async fn two_nodes_never_take_the_same_queued_payments() {
         .await
         .unwrap();
     assert_eq!(ids(&again), ids(&first));
+    // Released (a batch a could not send), they pass on at once; only the claimer releases.
+    b.release_claims(&ids(&first[..2]), "b").await.unwrap();
+    let (x, y) = (claim("x"), claim("y"));
+    assert!(
+        b.queued_due(CHAIN_ID, 10, &none, &x)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    a.release_claims(&ids(&first[..2]), "a").await.unwrap();
+    let passed = b.queued_due(CHAIN_ID, 10, &none, &y).await.unwrap();
+    assert_eq!(ids(&passed), ids(&first[..2]));
     // a and b die: once their claims lapse, two others reading at once split the payments
     // between them, none taken twice.
     tokio::time::sleep(short * 2).await;

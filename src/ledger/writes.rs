@@ -29,7 +29,8 @@ pub struct SettledBlock {
 }
 
 /// Who takes queued payments from a shared ledger, and for how long the claim holds (a node
-/// that dies with a claim delays those payments by at most this).
+/// that dies with a claim delays those payments by at most this). A claim only saves work: the
+/// batch's record refuses payments no longer queued, so a lapsed claim is never a double charge.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueClaim<'a> {
     pub node: &'a str,
@@ -103,6 +104,24 @@ impl Ledger {
             }
         }
         Ok(out)
+    }
+
+    /// Gives up `node`'s claims on `ids` (a batch it took but did not send), so that any node
+    /// may take them at once instead of when the claims lapse.
+    pub async fn release_claims(&self, ids: &[i64], node: &str) -> Result<(), LedgerError> {
+        if self.sqlite || ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE payments SET claim_until = 0 WHERE claimed_by = $1 AND id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(node);
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&self.pool).await?;
+        Ok(())
     }
 
     /// When the next deferred payment of a chain becomes due (ms), if any is waiting.

@@ -101,6 +101,11 @@ async fn sweep(ctx: &ChainCtx) -> Result<(), StepError> {
     Ok(())
 }
 
+/// How long this node's claim on the queued payments it takes holds: long enough to sign and
+/// record their batch, short so that payments a node took and could not send (its lane went
+/// to another node, it died) wait little.
+const CLAIM_TTL: Duration = Duration::from_secs(2);
+
 /// Lanes that can take a batch now, least loaded first.
 fn ready_lanes(ctx: &ChainCtx) -> Vec<usize> {
     let mut ready: Vec<(usize, usize)> = ctx
@@ -169,7 +174,7 @@ async fn round(ctx: &ChainCtx, deferrals: &mut HashMap<i64, u32>) -> Result<bool
             &exclude,
             &QueueClaim {
                 node: &ctx.config.node,
-                ttl: ctx.config.lane_lease,
+                ttl: CLAIM_TTL.min(ctx.config.lane_lease),
             },
         )
         .await?;

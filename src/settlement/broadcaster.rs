@@ -495,6 +495,19 @@ impl Lane {
                 false
             }
         };
+        if !sent {
+            // Back to the queue for every node, not only after this node's claims lapse.
+            if let Err(e) = self
+                .ctx
+                .ledger
+                .release_claims(&ids, &self.ctx.config.node)
+                .await
+            {
+                // They pass on when the claims lapse instead.
+                tracing::warn!(wallet = %self.shared.wallet, error = %e, "claims not released");
+                self.ctx.count_ledger_error(&StepError::Ledger(e));
+            }
+        }
         self.ctx.unassign(ids);
         if !sent {
             self.shared.load.fetch_sub(1, Ordering::Relaxed);
